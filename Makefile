@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Both create or reuse .venv/.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp names a hash of everything that decides what is installed, so a second run installs nothing
+# and a change to a pin reinstalls.
+INSTALL_INPUTS := requirements.txt requirements-nodeps.txt setup.py
+STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
+# DDS stays on loopback for every process these targets start (Kilted reads the first, Humble the second).
+ROS_LOOPBACK := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
+DATA ?=
+
+.PHONY: demo test venv clean-venv
+venv: $(STAMP)
+
+$(STAMP): $(INSTALL_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(ROS_LOOPBACK) $(PY) -m vl2spike_ros.demo $(if $(DATA),--data $(DATA))
+
+test: $(STAMP)
+	$(ROS_LOOPBACK) $(PY) -m pytest -q test
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,120 @@
+"""Save and load a student: weights in safetensors (no pickle), config and provenance as JSON.
+
+One file: safetensors keeps a string->string metadata header beside the tensors, so config,
+provenance and fingerprint travel with the weights and cannot be separated from them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import InputError
+from .io_utils import atomic_path
+from .model import SpikformerStudent, StudentConfig
+
+CHECKPOINT_FORMAT = "vl2spike-student"
+CHECKPOINT_FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT_NAME = "default_student.safetensors"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    config: StudentConfig
+    fingerprint: str
+    provenance: dict
+
+
+def fingerprint_of(config: StudentConfig, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the config JSON and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(config.to_json().encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def default_checkpoint_path() -> Path:
+    """The student shipped inside the package (`vl2spike_ros/models/`)."""
+    return Path(str(resources.files("vl2spike_ros") / "models" / DEFAULT_CHECKPOINT_NAME))
+
+
+def resolve_checkpoint_path(path: str | Path | None) -> Path:
+    if path is None or str(path) == "":
+        shipped = default_checkpoint_path()
+        if not shipped.is_file():
+            raise InputError(f"no shipped student model at {shipped}; pass --checkpoint "
+                             "(`vl2spike init-checkpoint --out FILE` writes an untrained one)")
+        return shipped
+    return Path(path)
+
+
+def save_checkpoint(path: str | Path, model: SpikformerStudent, provenance: dict | None = None) -> str:
+    """Writes atomically; returns the fingerprint."""
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    fingerprint = fingerprint_of(model.config, state)
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(CHECKPOINT_FORMAT_VERSION),
+        "config": model.config.to_json(),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+        "fingerprint": fingerprint,
+    }
+    with atomic_path(Path(path)) as temporary:
+        save_file(state, str(temporary), metadata=metadata)
+    return fingerprint
+
+
+def read_checkpoint(path: str | Path | None) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
+    """Reads and verifies a checkpoint without building a model."""
+    path = resolve_checkpoint_path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path}: no such file")
+    expected = f"a {CHECKPOINT_FORMAT} safetensors file written by vl2spike"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises several types for truncated or foreign files
+        raise InputError(f"checkpoint {path}: unreadable ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}); expected {expected}") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"checkpoint {path}: format {metadata.get('format')!r}; expected {expected}")
+    if metadata.get("format_version") != str(CHECKPOINT_FORMAT_VERSION):
+        raise InputError(f"checkpoint {path}: format version {metadata.get('format_version')!r}; "
+                         f"this vl2spike reads version {CHECKPOINT_FORMAT_VERSION}")
+    try:
+        config = StudentConfig.from_dict(json.loads(metadata["config"]))
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, json.JSONDecodeError, TypeError) as error:
+        raise InputError(f"checkpoint {path}: config metadata unreadable ({error})") from None
+    except InputError as error:
+        raise InputError(f"checkpoint {path}: {error}") from None
+    fingerprint = fingerprint_of(config, state)
+    if fingerprint != metadata.get("fingerprint"):
+        raise InputError(f"checkpoint {path}: contents do not match its recorded fingerprint "
+                         "(modified or corrupted file)")
+    return CheckpointInfo(path=path, config=config, fingerprint=fingerprint, provenance=provenance), state
+
+
+def load_checkpoint(path: str | Path | None) -> tuple[SpikformerStudent, CheckpointInfo]:
+    """Builds the student from a checkpoint (None: the shipped model), in eval mode."""
+    info, state = read_checkpoint(path)
+    model = SpikformerStudent(info.config)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor whose shape disagrees with the config
+        raise InputError(f"checkpoint {info.path}: weights do not fit its config "
+                         f"({str(error).splitlines()[-1].strip()})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"checkpoint {info.path}: weights do not fit its config "
+                         f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    return model.eval(), info

@@ -1,0 +1,82 @@
+"""Images of any size and common encoding in, L2-normalised float32 descriptors out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .errors import InputError
+from .images import to_rgb
+
+
+class DescriptorEncoder:
+    """Loads a student checkpoint (None: the shipped model) and encodes batches of images."""
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu",
+                 batch_size: int = 32) -> None:
+        if batch_size <= 0:
+            raise InputError(f"batch_size must be positive, got {batch_size}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as error:
+            raise InputError(f"device {device!r}: {error}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
+        self.model, self.info = load_checkpoint(checkpoint)
+        self.model.to(self.device)
+        self.config = self.info.config
+        self.batch_size = batch_size
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self.config.descriptor_dim
+
+    def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
+        """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> float [B, C, H, W] in [0, 1]."""
+        size = (self.config.image_width, self.config.image_height)
+        batch = []
+        for image in images:
+            rgb = to_rgb(np.asarray(image), encoding)
+            resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            if self.config.in_channels == 1:
+                resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
+            batch.append(resized)
+        array = np.stack(batch).astype(np.float32) / 255.0
+        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+    @torch.inference_mode()
+    def encode(self, images: Iterable[np.ndarray], encoding: str | None = None,
+               progress: bool = False, total: int | None = None) -> np.ndarray:
+        """Returns float32 [N, D]; rows are unit length."""
+        chunks: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        bar = tqdm(total=total, unit="img", desc="encoding", disable=not progress)
+
+        def flush() -> None:
+            tensor = self.preprocess(pending, encoding).to(self.device)
+            chunks.append(self.model(tensor).descriptor.float().cpu().numpy())
+            bar.update(len(pending))
+            pending.clear()
+
+        for image in images:
+            pending.append(image)
+            if len(pending) == self.batch_size:
+                flush()
+        if pending:
+            flush()
+        bar.close()
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+    def encode_one(self, image: np.ndarray, encoding: str | None = None) -> np.ndarray:
+        return self.encode([image], encoding)[0]

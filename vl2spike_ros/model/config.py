@@ -1,0 +1,86 @@
+"""The one dataclass that describes a student model; it is saved with every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+POOLINGS = ("mean", "gem")
+INPUT_NORMALIZATIONS = ("standard", "patch")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Shape of the Spikformer student and its descriptor head.
+
+    Images are resized to ``image_height`` x ``image_width`` before the network sees them.
+    ``input_normalization='patch'`` subtracts a local mean and divides by a local deviation over
+    ``patch_norm_size`` pixels: the classic remedy for appearance change in VPR (patch-normalised
+    pixels alone give ~25% Recall@1 on Nordland64 where raw pixels give ~3.5%).
+    """
+
+    image_height: int = 32
+    image_width: int = 64
+    in_channels: int = 3
+    patch_size: int = 4
+    embed_dims: int = 128
+    num_heads: int = 4
+    depths: int = 2
+    mlp_ratio: float = 4.0
+    timesteps: int = 2
+    descriptor_dim: int = 256
+    pooling: str = "gem"
+    input_normalization: str = "patch"
+    patch_norm_size: int = 8
+    lif_tau: float = 2.0
+    # torch's 0.1 leaves running statistics so far off after short training that eval-mode
+    # neurons stay silent for epochs (design §4); a higher momentum tracks them quickly.
+    bn_momentum: float = 0.3
+
+    def __post_init__(self) -> None:
+        positive = ("image_height", "image_width", "in_channels", "embed_dims", "num_heads",
+                    "depths", "timesteps", "descriptor_dim", "patch_norm_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(f"student config: {name} must be a positive integer, got {value!r}")
+        if self.patch_size not in (4, 16):
+            raise InputError(f"student config: patch_size must be 4 or 16 (spikingjelly's "
+                             f"Spikformer stem), got {self.patch_size!r}")
+        if self.image_height % self.patch_size or self.image_width % self.patch_size:
+            raise InputError(f"student config: image size {self.image_height}x{self.image_width} "
+                             f"must be a multiple of patch_size {self.patch_size}")
+        if self.embed_dims % 8 or self.embed_dims % self.num_heads:
+            raise InputError(f"student config: embed_dims {self.embed_dims} must be a multiple of 8 "
+                             f"and of num_heads {self.num_heads}")
+        if self.in_channels not in (1, 3):
+            raise InputError(f"student config: in_channels must be 1 or 3, got {self.in_channels}")
+        if self.pooling not in POOLINGS:
+            raise InputError(f"student config: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.input_normalization not in INPUT_NORMALIZATIONS:
+            raise InputError(f"student config: input_normalization must be one of "
+                             f"{INPUT_NORMALIZATIONS}, got {self.input_normalization!r}")
+        if not 0.0 < float(self.bn_momentum) <= 1.0:
+            raise InputError(f"student config: bn_momentum must be in (0, 1], got {self.bn_momentum}")
+        if float(self.lif_tau) <= 1.0:
+            raise InputError(f"student config: lif_tau must be > 1, got {self.lif_tau}")
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "StudentConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"student config: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**values)

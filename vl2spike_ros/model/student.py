@@ -1,0 +1,146 @@
+"""The Spikformer student: spikingjelly's own Spikformer plus a descriptor head.
+
+Static images reach the first, real-valued Conv+BN stage identically at every timestep, so it is
+computed once per frame and only broadcast over time (`first_stage_once`); the naive T-fold
+computation is kept as `forward_naive` because the equality test needs the reference path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based.model.spikformer import Spikformer
+from torch import nn
+
+from .config import StudentConfig
+
+
+@dataclass
+class StudentOutput:
+    descriptor: torch.Tensor          # [B, D], L2-normalised mean of the per-step embeddings
+    step_descriptors: torch.Tensor    # [T, B, D], each L2-normalised
+    tokens: torch.Tensor              # [T, B, N, C] spike tokens (sums of spikes on the residual path)
+    token_rates: torch.Tensor         # [T, B, C] spike rate of each channel over the tokens, per step
+    membrane_potentials: list[torch.Tensor] = field(default_factory=list)  # each [T, ...], on request
+
+
+class GeneralizedMeanPool(nn.Module):
+    """GeM over tokens: between mean (p=1) and max pooling, with a learnt p."""
+
+    def __init__(self, initial_p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(initial_p)))
+        self.eps = eps
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [..., N, C] -> [..., C]
+        p = self.p.clamp(min=1.0)
+        return tokens.clamp(min=self.eps).pow(p).mean(dim=-2).pow(1.0 / p)
+
+
+class MeanPool(nn.Module):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=-2)
+
+
+class InputNormalization(nn.Module):
+    """Maps images in [0, 1] to the network's input range (see StudentConfig)."""
+
+    def __init__(self, kind: str, patch_size: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.patch_size = patch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.kind == "standard":
+            return (images - 0.5) / 0.5
+        kernel = self.patch_size | 1  # odd, so the window is centred
+        pad = kernel // 2
+        local_mean = F.avg_pool2d(images, kernel, stride=1, padding=pad, count_include_pad=False)
+        local_sq = F.avg_pool2d(images * images, kernel, stride=1, padding=pad, count_include_pad=False)
+        local_std = (local_sq - local_mean * local_mean).clamp(min=0.0).sqrt()
+        return (images - local_mean) / (local_std + 0.05)
+
+
+class SpikformerStudent(nn.Module):
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.normalize = InputNormalization(config.input_normalization, config.patch_norm_size)
+        self.backbone = Spikformer(
+            T=config.timesteps,
+            in_channels=config.in_channels,
+            img_size_h=config.image_height,
+            img_size_w=config.image_width,
+            patch_size=config.patch_size,
+            num_classes=1,
+            embed_dims=config.embed_dims,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            depths=config.depths,
+            tau=float(config.lif_tau),
+        )
+        # The classification head is replaced by the descriptor head below.
+        self.backbone.head = nn.Identity()
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
+        self.pool = GeneralizedMeanPool() if config.pooling == "gem" else MeanPool()
+        self.projection = nn.Linear(config.embed_dims, config.descriptor_dim)
+
+    @property
+    def lif_nodes(self) -> list[neuron.BaseNode]:
+        return [m for m in self.backbone.modules() if isinstance(m, neuron.BaseNode)]
+
+    @property
+    def first_stage(self) -> nn.Module:
+        """The real-valued Conv+BN that sees pixels; everything after it sees spikes."""
+        return self.backbone.patch_embed.stages[0].conv_bn
+
+    def _stem_after_first_stage(self, first_stage_out: torch.Tensor) -> torch.Tensor:
+        stem = self.backbone.patch_embed
+        x_seq = stem.stages[0].neuron(first_stage_out)
+        for stage in stem.stages[1:]:
+            x_seq = stage(x_seq)
+        return x_seq + stem.positional_encoding(x_seq)
+
+    def _head(self, feature_maps: torch.Tensor, membrane: list[torch.Tensor]) -> StudentOutput:
+        for block in self.backbone.blocks:
+            feature_maps = block(feature_maps)
+        tokens = feature_maps.flatten(3).transpose(2, 3)  # [T, B, N, C]
+        step_descriptors = F.normalize(self.projection(self.pool(tokens)), dim=-1)
+        descriptor = F.normalize(step_descriptors.mean(dim=0), dim=-1)
+        if membrane is not None:
+            membrane = [node.v_seq for node in self.lif_nodes]
+        return StudentOutput(
+            descriptor=descriptor,
+            step_descriptors=step_descriptors,
+            tokens=tokens,
+            token_rates=tokens.mean(dim=2),
+            membrane_potentials=membrane or [],
+        )
+
+    def _prepare(self, images: torch.Tensor, return_membrane: bool) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1:] != (
+                self.config.in_channels, self.config.image_height, self.config.image_width):
+            raise ValueError(
+                f"student input: expected [B, {self.config.in_channels}, {self.config.image_height}, "
+                f"{self.config.image_width}] in [0, 1], got {tuple(images.shape)}")
+        functional.reset_net(self.backbone)
+        for node in self.lif_nodes:
+            node.store_v_seq = return_membrane
+        return self.normalize(images)
+
+    def forward(self, images: torch.Tensor, return_membrane: bool = False) -> StudentOutput:
+        """images: float [B, C, H, W] in [0, 1] at the configured size."""
+        x = self._prepare(images, return_membrane)
+        first = self.first_stage(x.unsqueeze(0))  # one timestep's worth of real-valued work
+        first = first.expand(self.config.timesteps, *first.shape[1:])
+        return self._head(self._stem_after_first_stage(first), [] if return_membrane else None)
+
+    def forward_naive(self, images: torch.Tensor) -> StudentOutput:
+        """The textbook path: the image repeated T times through every layer (reference only)."""
+        x = self._prepare(images, False)
+        x_seq = x.unsqueeze(0).repeat(self.config.timesteps, 1, 1, 1, 1)
+        return self._head(self._stem_after_first_stage(self.first_stage(x_seq)), None)
