@@ -55,11 +55,12 @@ class DescriptorEncoder:
 
     @torch.inference_mode()
     def encode(self, images: Iterable[np.ndarray], encoding: str | None = None,
-               progress: bool = False, total: int | None = None) -> np.ndarray:
+               progress: bool = False, total: int | None = None,
+               description: str = "encoding") -> np.ndarray:
         """Returns float32 [N, D]; rows are unit length."""
         chunks: list[np.ndarray] = []
         pending: list[np.ndarray] = []
-        bar = tqdm(total=total, unit="img", desc="encoding", disable=not progress)
+        bar = tqdm(total=total, unit="img", desc=description, disable=not progress)
 
         def flush() -> None:
             tensor = self.preprocess(pending, encoding).to(self.device)

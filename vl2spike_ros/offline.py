@@ -1,0 +1,95 @@
+"""Offline jobs that the CLI and the demo share: build a map from a traverse, evaluate a query
+traverse against a reference traverse. Matching goes through the `Localizer`, as on the robot."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from .datasets import ImageFolderSequence, ImageSequence, open_sequence
+from .encoder import DescriptorEncoder
+from .errors import InputError
+from .evaluation import evaluate_rankings, frame_tolerance_positives, plot_pr_curve
+from .io_utils import write_json_atomic
+from .localizer import Localizer
+from .place_map import Place, PlaceMap
+
+RECALL_KS = (1, 5, 10, 20)
+
+
+def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
+    """Opens a folder or bag and refuses mixed image sizes before any work is done."""
+    if not Path(path).exists():
+        raise InputError(f"images {path}: no such folder or bag")
+    sequence = open_sequence(path, topic)
+    if isinstance(sequence, ImageFolderSequence):
+        sequence.check_uniform_size()
+    return sequence
+
+
+def encode_sequence(encoder: DescriptorEncoder, sequence: ImageSequence, label: str,
+                    progress: bool = True) -> np.ndarray:
+    return encoder.encode((image for _, image in sequence), progress=progress, total=len(sequence),
+                          description=f"encoding {label}")
+
+
+def places_of(sequence: ImageSequence, first_id: int = 0) -> list[Place]:
+    return [Place(place_id=first_id + frame.index, source=frame.source, frame=frame.frame,
+                  stamp=frame.stamp) for frame in sequence.frames]
+
+
+def build_map(encoder: DescriptorEncoder, sequence: ImageSequence, index_kind: str = "flat",
+              progress: bool = True) -> PlaceMap:
+    descriptors = encode_sequence(encoder, sequence, "reference", progress)
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
+    place_map.add(descriptors, places_of(sequence))
+    return place_map
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict
+    ranked_ids: np.ndarray     # [Q, max K]
+    ranked_scores: np.ndarray  # [Q, max K]
+
+
+def evaluate_traverses(encoder: DescriptorEncoder, reference: ImageSequence, query: ImageSequence,
+                       tolerance: int, sequence_length: int = 1, index_kind: str = "flat",
+                       ks: tuple[int, ...] = RECALL_KS, progress: bool = True) -> EvaluationResult:
+    """Recall@K, PR curve and timing of `query` against a map of `reference` (frame tolerance)."""
+    if tolerance < 0:
+        raise InputError(f"--tolerance must be >= 0 frames, got {tolerance}")
+    max_k = max(ks)
+    if max_k > len(reference):
+        raise InputError(f"K={max_k} but the reference traverse holds only {len(reference)} places; "
+                         "Recall@K needs at least K references")
+    place_map = build_map(encoder, reference, index_kind, progress)
+    query_descriptors = encode_sequence(encoder, query, "query", progress)
+    localizer = Localizer(encoder, place_map, top_k=max_k, sequence_length=sequence_length)
+    started = time.perf_counter()
+    matches = [localizer.match_descriptor(descriptor) for descriptor in query_descriptors]
+    matching_ms = (time.perf_counter() - started) * 1000.0 / max(len(matches), 1)
+    ranked_ids = np.array([match.place_ids for match in matches], dtype=np.int64)
+    ranked_scores = np.array([match.scores for match in matches], dtype=np.float32)
+    positives = frame_tolerance_positives(
+        np.array([frame.frame for frame in query.frames]),
+        np.array([frame.frame for frame in reference.frames]), tolerance)
+    metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives, ks=ks)
+    metrics.update(tolerance=tolerance, sequence_length=sequence_length,
+                   checkpoint_fingerprint=encoder.fingerprint, index=index_kind,
+                   matching_ms_per_query=round(matching_ms, 4))
+    return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores)
+
+
+def write_evaluation(result: EvaluationResult, out_dir: str | Path, title: str) -> None:
+    """metrics.json, pr_curve.png and matches.json (per query: top-K ids and scores)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve = result.metrics["pr_curve"]
+    plot_pr_curve(np.array(curve["precision"]), np.array(curve["recall"]), out_dir / "pr_curve.png", title)
+    write_json_atomic(out_dir / "matches.json", {
+        "place_ids": result.ranked_ids.tolist(),
+        "scores": np.round(result.ranked_scores, 6).tolist(),
+    })
+    write_json_atomic(out_dir / "metrics.json", result.metrics)
