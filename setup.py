@@ -39,6 +39,7 @@ setup(
         "h5py",
         "rosbags>=0.10",
         "rosbags-image>=0.9",
+        "scikit-image>=0.22",  # its bundled photographs are the embedded demo route
     ],
     extras_require={
         # The ROS 2 Python wheels from PyPI; on a ROS 2 install these come from apt/rosdep instead.
@@ -47,7 +48,7 @@ setup(
             "ros-diagnostic-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-rmw-fastrtps-cpp",
         ],
         "train": ["transformers>=4.40"],
-        "dev": ["pytest>=7", "scikit-image>=0.22"],
+        "dev": ["pytest>=7"],
     },
     zip_safe=False,
     maintainer="vl2spike_ros maintainers",

@@ -10,13 +10,10 @@ import numpy as np
 from .datasets import ImageFolderSequence, ImageSequence, open_sequence
 from .encoder import DescriptorEncoder
 from .errors import InputError
-from .evaluation import evaluate_rankings, frame_tolerance_positives, plot_pr_curve
+from .evaluation import RECALL_KS, evaluate_rankings, frame_tolerance_positives, plot_pr_curve, pr_curve
 from .io_utils import write_json_atomic
 from .localizer import Localizer
 from .place_map import Place, PlaceMap
-
-RECALL_KS = (1, 5, 10, 20)
-
 
 def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
     """Opens a folder or bag and refuses mixed image sizes before any work is done."""
@@ -52,19 +49,19 @@ class EvaluationResult:
     metrics: dict
     ranked_ids: np.ndarray     # [Q, max K]
     ranked_scores: np.ndarray  # [Q, max K]
+    precision: np.ndarray      # PR curve over the top-1 score
+    recall: np.ndarray
 
 
-def evaluate_traverses(encoder: DescriptorEncoder, reference: ImageSequence, query: ImageSequence,
-                       tolerance: int, sequence_length: int = 1, index_kind: str = "flat",
-                       ks: tuple[int, ...] = RECALL_KS, progress: bool = True) -> EvaluationResult:
-    """Recall@K, PR curve and timing of `query` against a map of `reference` (frame tolerance)."""
+def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query: ImageSequence,
+                         tolerance: int, sequence_length: int = 1, progress: bool = True) -> EvaluationResult:
+    """Recall@K and PR curve of `query` against a map whose places carry frame numbers."""
     if tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {tolerance}")
-    max_k = max(ks)
-    if max_k > len(reference):
-        raise InputError(f"K={max_k} but the reference traverse holds only {len(reference)} places; "
+    max_k = max(RECALL_KS)
+    if max_k > len(place_map):
+        raise InputError(f"K={max_k} but the map holds only {len(place_map)} places; "
                          "Recall@K needs at least K references")
-    place_map = build_map(encoder, reference, index_kind, progress)
     query_descriptors = encode_sequence(encoder, query, "query", progress)
     localizer = Localizer(encoder, place_map, top_k=max_k, sequence_length=sequence_length)
     started = time.perf_counter()
@@ -74,20 +71,23 @@ def evaluate_traverses(encoder: DescriptorEncoder, reference: ImageSequence, que
     ranked_scores = np.array([match.scores for match in matches], dtype=np.float32)
     positives = frame_tolerance_positives(
         np.array([frame.frame for frame in query.frames]),
-        np.array([frame.frame for frame in reference.frames]), tolerance)
-    metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives, ks=ks)
+        np.array([place.frame for place in place_map.places]), tolerance)
+    metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives)
+    top1 = ranked_ids[:, 0]
+    top1_correct = (top1 >= 0) & positives[np.arange(len(top1)), np.maximum(top1, 0)]  # -1: no result
+    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.any(axis=1))
     metrics.update(tolerance=tolerance, sequence_length=sequence_length,
-                   checkpoint_fingerprint=encoder.fingerprint, index=index_kind,
+                   checkpoint_fingerprint=encoder.fingerprint, index=place_map.index_kind,
                    matching_ms_per_query=round(matching_ms, 4))
-    return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores)
+    return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores,
+                            precision=precision, recall=recall)
 
 
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, title: str) -> None:
     """metrics.json, pr_curve.png and matches.json (per query: top-K ids and scores)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    curve = result.metrics["pr_curve"]
-    plot_pr_curve(np.array(curve["precision"]), np.array(curve["recall"]), out_dir / "pr_curve.png", title)
+    plot_pr_curve(result.precision, result.recall, out_dir / "pr_curve.png", title)
     write_json_atomic(out_dir / "matches.json", {
         "place_ids": result.ranked_ids.tolist(),
         "scores": np.round(result.ranked_scores, 6).tolist(),

@@ -1,0 +1,84 @@
+"""Image-folder sequences on real files: order, Nordland frame numbers, size checks, bad folders."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from conftest import NORDLAND, require_dir
+from vl2spike_ros.datasets import Frame, ImageFolderSequence, open_sequence
+from vl2spike_ros.errors import InputError
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> None:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def photo_crops() -> list[np.ndarray]:
+    photo = skimage.data.astronaut()
+    return [photo[32 * i:32 * i + 32, 64 * i:64 * i + 64].copy() for i in range(4)]
+
+
+def test_nordland_layout_in_name_order_with_frame_numbers(tmp_path: Path, photo_crops):
+    # Written out of order and with an upper-case suffix: order comes from the names.
+    for number, rgb in zip((230, 210, 240, 220), photo_crops):
+        write_rgb(tmp_path / f"images-{number:05d}.PNG", rgb)
+    (tmp_path / "notes.txt").write_text("not an image")
+    sequence = ImageFolderSequence(tmp_path)
+    assert len(sequence) == 4
+    assert sequence.frames[0] == Frame(index=0, source="images-00210.PNG", frame=210, stamp=None)
+    assert [frame.frame for frame in sequence.frames] == [210, 220, 230, 240]
+    by_number = dict(zip((230, 210, 240, 220), photo_crops))
+    for frame, image in sequence:
+        assert np.array_equal(image, by_number[frame.frame])
+    assert np.array_equal(sequence.read(3), by_number[240])
+    assert sequence.check_uniform_size() == (32, 64)
+
+
+def test_frame_numbers_fall_back_to_indices_unless_all_names_have_them(tmp_path: Path, photo_crops):
+    for name, rgb in zip(("a7.jpg", "b.jpg", "c3.jpg"), photo_crops):
+        write_rgb(tmp_path / name, rgb)
+    sequence = open_sequence(tmp_path)
+    assert isinstance(sequence, ImageFolderSequence)
+    assert [(frame.source, frame.frame) for frame in sequence.frames] == [
+        ("a7.jpg", 0), ("b.jpg", 1), ("c3.jpg", 2)]
+
+
+def test_mixed_sizes_name_the_first_odd_file(tmp_path: Path, photo_crops):
+    write_rgb(tmp_path / "images-00010.png", photo_crops[0])
+    write_rgb(tmp_path / "images-00020.png", photo_crops[1][:16])
+    write_rgb(tmp_path / "images-00030.png", photo_crops[2][:8])
+    with pytest.raises(InputError, match=r"images-00020\.png: size 64x16 .* 64x32"):
+        ImageFolderSequence(tmp_path).check_uniform_size()
+
+
+def test_unreadable_file_in_folder_names_it(tmp_path: Path, photo_crops):
+    write_rgb(tmp_path / "images-00010.png", photo_crops[0])
+    (tmp_path / "images-00020.png").touch()
+    sequence = ImageFolderSequence(tmp_path)
+    with pytest.raises(InputError, match=r"images-00020\.png: file is empty"):
+        sequence.check_uniform_size()
+
+
+def test_empty_folder_and_non_folder_are_refused(tmp_path: Path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match=f"no images in {tmp_path}: expected files such as images-00210.png"):
+        ImageFolderSequence(tmp_path)
+    with pytest.raises(InputError, match="readme.txt: not a directory"):
+        ImageFolderSequence(tmp_path / "readme.txt")
+    with pytest.raises(InputError, match="missing: not a directory"):
+        open_sequence(tmp_path / "missing")
+
+
+def test_reads_five_nordland_frames():
+    summer = require_dir(NORDLAND / "summer")
+    sequence = ImageFolderSequence(summer)
+    assert len(sequence) == 1892
+    assert sequence.frames[0].source == "images-00210.png" and sequence.frames[0].frame == 210
+    for index in range(5):
+        image = sequence.read(index)
+        assert image.shape == (32, 64, 3) and image.dtype == np.uint8
+        # Grayscale stored as RGB: the channels are equal.
+        assert np.array_equal(image[:, :, 0], image[:, :, 2])

@@ -1,0 +1,98 @@
+"""images.py on real photographs from scikit-image: every encoding lands as the same RGB."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.images import SUPPORTED_ENCODINGS, decode_compressed, read_image, to_rgb
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return skimage.data.chelsea()[:48, :64].copy()
+
+
+def gray_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def test_colour_encodings_convert_to_rgb(rgb):
+    alpha = np.full(rgb.shape[:2] + (1,), 200, np.uint8)
+    assert np.array_equal(to_rgb(rgb, "rgb8"), rgb)
+    assert np.array_equal(to_rgb(rgb[:, :, ::-1], "bgr8"), rgb)
+    assert np.array_equal(to_rgb(np.concatenate([rgb, alpha], axis=2), "rgba8"), rgb)
+    assert np.array_equal(to_rgb(np.concatenate([rgb[:, :, ::-1], alpha], axis=2), "bgra8"), rgb)
+    assert np.array_equal(to_rgb(rgb), rgb)  # default order is RGB
+
+
+def test_gray_encodings_convert_to_rgb():
+    gray = skimage.data.camera()[:40, :50]
+    assert np.array_equal(to_rgb(gray, "mono8"), gray_rgb(gray))
+    assert np.array_equal(to_rgb(gray[:, :, None]), gray_rgb(gray))
+    wide = gray.astype(np.uint16) * 257  # 8-bit values stretched to the full 16-bit range
+    assert np.array_equal(to_rgb(wide, "mono16"), gray_rgb(gray))
+    assert np.array_equal(to_rgb(wide), gray_rgb(gray))
+
+
+def test_every_supported_encoding_is_covered():
+    assert set(SUPPORTED_ENCODINGS) == {"rgb8", "bgr8", "mono8", "mono16", "rgba8", "bgra8"}
+
+
+def test_unsupported_encoding_lists_supported_ones(rgb):
+    with pytest.raises(InputError, match="'yuv422'.*rgb8, bgr8, mono8, mono16, rgba8, bgra8"):
+        to_rgb(rgb, "yuv422")
+
+
+@pytest.mark.parametrize(("array", "encoding", "message"), [
+    (np.zeros((4, 4, 3), np.float32), None, "dtype float32"),
+    (np.zeros((4, 4, 2), np.uint8), None, "shape"),
+    (np.zeros((0, 4, 3), np.uint8), None, "at least one pixel"),
+    (np.zeros((4, 4, 3), np.uint8), "mono8", "'mono8'.*1 channel"),
+    (np.zeros((4, 4), np.uint8), "mono16", "'mono16'.*uint16"),
+])
+def test_bad_arrays_are_refused(array, encoding, message):
+    with pytest.raises(InputError, match=message):
+        to_rgb(array, encoding)
+
+
+def test_read_image_returns_rgb_for_colour_gray_and_16_bit(tmp_path: Path, rgb):
+    cv2.imwrite(str(tmp_path / "colour.png"), rgb[:, :, ::-1])
+    assert np.array_equal(read_image(tmp_path / "colour.png"), rgb)
+    gray = skimage.data.camera()[:40, :50]
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    assert np.array_equal(read_image(tmp_path / "gray.png"), gray_rgb(gray))
+    cv2.imwrite(str(tmp_path / "deep.png"), gray.astype(np.uint16) * 257)
+    assert np.array_equal(read_image(tmp_path / "deep.png"), gray_rgb(gray))
+    cv2.imwrite(str(tmp_path / "alpha.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
+    assert np.array_equal(read_image(tmp_path / "alpha.png"), rgb)
+
+
+def test_unreadable_image_files_name_the_path(tmp_path: Path):
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all")
+    cases = ((empty, "empty"), (garbage, "cannot decode"), (tmp_path / "missing.png", "not found"))
+    for path, reason in cases:
+        with pytest.raises(InputError, match=f"{path.name}.*{reason}"):
+            read_image(path)
+
+
+def test_decode_compressed_png_is_exact_and_jpeg_close(rgb):
+    _, png = cv2.imencode(".png", rgb[:, :, ::-1])
+    assert np.array_equal(decode_compressed(png.tobytes(), "png"), rgb)
+    _, jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    decoded = decode_compressed(jpeg.tobytes())
+    assert decoded.shape == rgb.shape
+    assert np.abs(decoded.astype(int) - rgb).mean() < 4
+
+
+def test_decode_compressed_refuses_corrupt_data(rgb):
+    _, png = cv2.imencode(".png", rgb)
+    with pytest.raises(InputError, match="format 'png'.*cannot decode"):
+        decode_compressed(png.tobytes()[:40], "png")
+    with pytest.raises(InputError, match="0 bytes"):
+        decode_compressed(b"")

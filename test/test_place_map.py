@@ -1,0 +1,286 @@
+"""PlaceMap on real FAISS indexes and real files: search, validation, save/load, atomic replacement."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.place_map import Place, PlaceMap
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FINGERPRINT = "a1b2c3d4e5f6a7b8c9d0" * 3
+# ivfpq needs >= 256 vectors for its first add (8-bit PQ codebooks).
+KIND_SIZES = {"flat": (40, 16), "hnsw": (40, 16), "ivfpq": (300, 32)}
+
+
+def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def built_map(kind: str, seed: int = 0, fingerprint: str = FINGERPRINT) -> PlaceMap:
+    count, dim = KIND_SIZES[kind]
+    place_map = PlaceMap(dim, fingerprint, kind)
+    places = [
+        Place(place_id=i, source="route.bag:/camera", frame=100 + i, stamp=0.5 * i,
+              pose=[float(i), 2.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+        for i in range(count)
+    ]
+    place_map.add(unit_vectors(count, dim, seed), places)
+    return place_map
+
+
+def test_flat_search_finds_each_place_itself_first():
+    vectors = unit_vectors(20, 8)
+    place_map = PlaceMap(8, FINGERPRINT)
+    assert place_map.add(vectors[:12]) == list(range(12))
+    assert place_map.add(vectors[12:]) == list(range(12, 20))
+    scores, ids = place_map.search(vectors, k=3)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64
+    assert scores.shape == ids.shape == (20, 3)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(20))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert len(place_map) == 20 and place_map.dim == 8 and place_map.index_kind == "flat"
+    assert place_map.places[5] == Place(place_id=5)
+    assert not place_map.has_poses
+
+
+def test_k_larger_than_map_is_refused():
+    place_map = PlaceMap(8, FINGERPRINT)
+    place_map.add(unit_vectors(5, 8))
+    with pytest.raises(InputError, match="k=6 but the map holds 5 places"):
+        place_map.search(unit_vectors(1, 8), k=6)
+    with pytest.raises(InputError, match="k=1 but the map holds 0 places"):
+        PlaceMap(8, FINGERPRINT, "hnsw").search(unit_vectors(1, 8), k=1)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (unit_vectors(3, 8) * 2.0, "L2-normalised"),
+        (unit_vectors(3, 9), r"shape \[N, 8\]"),
+        (unit_vectors(8, 1)[:, 0], r"shape \[N, 8\]"),
+        (np.full((2, 8), np.nan), "NaN"),
+        ([["a"] * 8], "float32"),
+    ],
+)
+def test_bad_descriptors_are_refused_and_leave_the_map_unchanged(bad, message):
+    place_map = PlaceMap(8, FINGERPRINT)
+    place_map.add(unit_vectors(2, 8))
+    with pytest.raises(InputError, match=message):
+        place_map.add(bad)
+    with pytest.raises(InputError, match=message):
+        place_map.search(bad, k=1)
+    assert len(place_map) == 2
+
+
+def test_place_metadata_is_checked():
+    place_map = PlaceMap(8, FINGERPRINT)
+    with pytest.raises(InputError, match="place_id=3 would be stored as id 0"):
+        place_map.add(unit_vectors(1, 8), [Place(place_id=3)])
+    with pytest.raises(InputError, match="2 descriptors but 1 places"):
+        place_map.add(unit_vectors(2, 8), [Place(place_id=0)])
+    with pytest.raises(InputError, match="pose must be 7"):
+        Place(place_id=0, pose=[1.0, 2.0])
+    with pytest.raises(InputError, match="frame must be an integer"):
+        Place(place_id=0, frame=1.5)
+    assert len(place_map) == 0
+    place = Place(place_id=4, source="images-00004.png", frame=4, stamp=1, pose=[0, 0, 0, 0, 0, 0, 1])
+    assert Place.from_json(json.loads(json.dumps(place.to_json()))) == place
+
+
+def test_bad_index_options_are_refused():
+    with pytest.raises(InputError, match="index kind must be one of"):
+        PlaceMap(8, FINGERPRINT, "lsh")
+    with pytest.raises(InputError, match=r"does not take options \['M'\]"):
+        PlaceMap(8, FINGERPRINT, "flat", M=16)
+    with pytest.raises(InputError, match="m=3 must divide the descriptor dim 8"):
+        PlaceMap(8, FINGERPRINT, "ivfpq", m=3)
+    with pytest.raises(InputError, match="dim must be a positive integer"):
+        PlaceMap(0, FINGERPRINT)
+
+
+def test_ivfpq_first_add_needs_enough_vectors():
+    place_map = PlaceMap(16, FINGERPRINT, "ivfpq")
+    with pytest.raises(InputError, match="at least 256 descriptors"):
+        place_map.add(unit_vectors(100, 16))
+    assert len(place_map) == 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_similarities_are_exact_for_every_index_kind(kind):
+    place_map = built_map(kind)
+    queries = unit_vectors(4, place_map.dim, seed=7)
+    expected = queries @ place_map.descriptors.T
+    np.testing.assert_allclose(place_map.similarities(queries), expected, atol=1e-6)
+    assert place_map.similarities(queries).shape == (4, len(place_map))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_save_load_round_trip(kind, tmp_path):
+    place_map = built_map(kind)
+    queries = unit_vectors(5, place_map.dim, seed=3)
+    scores, ids = place_map.search(queries, k=4)
+    place_map.save(tmp_path / "map")
+    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == [
+        "descriptors.npy", "index.faiss", "map.json", "places.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]  # no staging or backup left behind
+    metadata = json.loads((tmp_path / "map" / "map.json").read_text())
+    assert metadata["metric"] == "inner_product" and metadata["count"] == len(place_map)
+    assert metadata["index_kind"] == kind and metadata["format_version"] == 1
+
+    loaded = PlaceMap.load(tmp_path / "map", expected_fingerprint=FINGERPRINT, expected_dim=place_map.dim)
+    assert (len(loaded), loaded.dim, loaded.fingerprint, loaded.index_kind) == (
+        len(place_map), place_map.dim, FINGERPRINT, kind)
+    assert loaded.places == place_map.places and loaded.has_poses
+    assert loaded.index_options == place_map.index_options
+    loaded_scores, loaded_ids = loaded.search(queries, k=4)
+    np.testing.assert_array_equal(loaded_ids, ids)
+    np.testing.assert_allclose(loaded_scores, scores, atol=1e-6)
+    np.testing.assert_array_equal(loaded.descriptors, place_map.descriptors)
+    # A loaded map keeps growing (mapping mode) with ids continuing where it stopped.
+    assert loaded.add(unit_vectors(1, place_map.dim, seed=9)) == [len(place_map)]
+
+
+def test_reindexed_keeps_places_and_descriptors():
+    flat = built_map("flat")
+    hnsw = flat.reindexed("hnsw", M=8)
+    assert hnsw.index_kind == "hnsw" and hnsw.places == flat.places
+    np.testing.assert_array_equal(hnsw.descriptors, flat.descriptors)
+    np.testing.assert_array_equal(hnsw.search(flat.descriptors, k=1)[1][:, 0], np.arange(len(flat)))
+
+
+def test_fingerprint_and_dim_mismatch_are_refused(tmp_path):
+    built_map("flat").save(tmp_path / "map")
+    other = "ffff0000ffff0000ffff"
+    with pytest.raises(InputError) as error:
+        PlaceMap.load(tmp_path / "map", expected_fingerprint=other)
+    assert str(error.value) == (
+        f"map {tmp_path / 'map'} was built with model {FINGERPRINT[:12]} but the encoder is "
+        f"{other[:12]}; rebuild the map"
+    )
+    with pytest.raises(InputError, match=r"holds 16-dim descriptors but the encoder makes 32-dim"):
+        PlaceMap.load(tmp_path / "map", expected_dim=32)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_truncated_index_is_refused_naming_it(kind, tmp_path):
+    built_map(kind).save(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    index_path.write_bytes(index_path.read_bytes()[: index_path.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"map .*map: index.faiss is truncated or corrupt"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_incomplete_or_inconsistent_maps_are_refused(tmp_path):
+    map_dir = tmp_path / "map"
+    with pytest.raises(InputError, match="does not exist"):
+        PlaceMap.load(map_dir)
+    built_map("flat").save(map_dir)
+
+    (map_dir / "places.json").rename(tmp_path / "places.json")
+    with pytest.raises(InputError, match="incomplete: missing places.json"):
+        PlaceMap.load(map_dir)
+    places = json.loads((tmp_path / "places.json").read_text())
+    (map_dir / "places.json").write_text(json.dumps(places[:-1]))
+    with pytest.raises(InputError, match="places.json holds 39 places but map.json says 40"):
+        PlaceMap.load(map_dir)
+    (map_dir / "places.json").write_text(json.dumps(places))
+
+    metadata = json.loads((map_dir / "map.json").read_text())
+    (map_dir / "map.json").write_text(json.dumps({**metadata, "count": 41}))
+    with pytest.raises(InputError, match="index.faiss holds 40 places but map.json says 41"):
+        PlaceMap.load(map_dir)
+    (map_dir / "map.json").write_text(json.dumps({**metadata, "format_version": 99}))
+    with pytest.raises(InputError, match="format_version 99"):
+        PlaceMap.load(map_dir)
+    (map_dir / "map.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read map.json"):
+        PlaceMap.load(map_dir)
+
+
+def test_save_replaces_an_old_map_but_not_other_directories(tmp_path):
+    built_map("flat", seed=1).save(tmp_path / "map")
+    built_map("hnsw", seed=2).save(tmp_path / "map")
+    assert PlaceMap.load(tmp_path / "map").index_kind == "hnsw"
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.png").write_bytes(b"keep me")
+    with pytest.raises(InputError, match="not a map; refusing to replace it"):
+        built_map("flat").save(tmp_path / "photos")
+    assert (tmp_path / "photos" / "holiday.png").read_bytes() == b"keep me"
+
+
+def test_failed_swap_rolls_back_to_the_old_map(tmp_path, monkeypatch):
+    built_map("flat", seed=1).save(tmp_path / "map")
+    old_descriptors = PlaceMap.load(tmp_path / "map").descriptors.copy()
+    real_rename = os.rename
+
+    def rename_failing_on_staging(source, destination):
+        if str(source).endswith(".saving"):
+            raise OSError("disk went away")
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename_failing_on_staging)
+    with pytest.raises(OSError, match="disk went away"):
+        built_map("flat", seed=2).save(tmp_path / "map")
+    monkeypatch.setattr(os, "rename", real_rename)
+    np.testing.assert_array_equal(PlaceMap.load(tmp_path / "map").descriptors, old_descriptors)
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]
+
+
+# The child saves a new map over the old one and is killed (os._exit, no clean-up) at one point.
+CRASHING_SAVE = textwrap.dedent(
+    """
+    import os, shutil, sys
+    sys.path.insert(0, sys.argv[3])
+    from test_place_map import built_map
+
+    crash_point, target = sys.argv[1], sys.argv[2]
+    real_rename, real_rmtree, renames = os.rename, shutil.rmtree, []
+
+    def rename(source, destination):
+        renames.append(source)
+        if crash_point == f"rename{len(renames)}":
+            os._exit(9)
+        real_rename(source, destination)
+
+    def rmtree(path, *args, **kwargs):
+        if crash_point == "delete_previous" and str(path).endswith(".previous"):
+            os._exit(9)
+        real_rmtree(path, *args, **kwargs)
+
+    os.rename, shutil.rmtree = rename, rmtree
+    built_map("flat", seed=2).save(target)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "crash_point, survivor_seed",
+    [("rename1", 1), ("rename2", 1), ("delete_previous", 2)],
+    ids=["after-write-before-swap", "between-renames", "before-deleting-old"],
+)
+def test_killed_save_leaves_a_whole_map(crash_point, survivor_seed, tmp_path):
+    target = tmp_path / "map"
+    built_map("flat", seed=1).save(target)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING_SAVE, crash_point, str(target), str(Path(__file__).parent)],
+        env=environment, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 9, result.stderr
+
+    survivor = PlaceMap.load(target, expected_fingerprint=FINGERPRINT)
+    np.testing.assert_array_equal(survivor.descriptors, built_map("flat", seed=survivor_seed).descriptors)
+    # The next save finishes or discards what the crash left, and leaves only the map.
+    built_map("flat", seed=3).save(target)
+    np.testing.assert_array_equal(PlaceMap.load(target).descriptors, built_map("flat", seed=3).descriptors)
+    assert [p.name for p in tmp_path.iterdir()] == ["map"]

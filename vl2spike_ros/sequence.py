@@ -1,0 +1,129 @@
+"""SeqSLAM-style sequence matching on descriptor similarities.
+
+A query q matches reference n well when the recent queries q, q-1, ..., q-L+1 also match the
+references the robot would have passed: n, n - round(v), ..., n - round(v*(L-1)) for a velocity v
+(references per query). The score of (q, n) is the mean of those similarities, maximised over a
+few velocities. Terms that fall before the first query or outside the map are skipped, so early
+queries and map edges are scored on the terms that exist.
+
+We score raw cosine similarities, without SeqSLAM's local contrast normalisation: descriptors from
+the distilled encoder are already comparable across the map, and raw scores keep one match
+threshold meaningful with and without sequence matching (L=1 returns the similarities unchanged).
+
+`sequence_scores` scores a whole [Q, N] matrix (offline evaluation); `SequenceMatcher` scores one
+query at a time (the robot). Both accumulate the same terms in the same order and precision, so
+they give identical results on the same matrix.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vl2spike_ros.errors import InputError
+
+DEFAULT_VELOCITIES = (0.8, 1.0, 1.25)
+
+
+def sequence_scores(
+    similarity: Any, length: int, velocities: Sequence[float] = DEFAULT_VELOCITIES
+) -> np.ndarray:
+    """Sequence scores float32 [Q, N] for a similarity matrix [Q, N] (query rows in time order)."""
+    matrix = _validated_matrix(similarity)
+    offset_rows = _offset_rows(length, velocities)
+    num_queries, num_references = matrix.shape
+    best = np.full(matrix.shape, -np.inf, dtype=np.float32)
+    for offsets in offset_rows:
+        total = np.zeros(matrix.shape, dtype=np.float32)
+        # How many terms (q, n) has depends on q only up to q = L-1: count per number of steps taken.
+        terms_by_steps = np.zeros((len(offsets), num_references), dtype=np.float32)
+        for step, offset in enumerate(offsets[:num_queries]):
+            # Query q - step against reference n - offset, for every (q, n) where both exist.
+            low, high = max(offset, 0), min(num_references, num_references + offset)
+            if low < high:
+                total[step:, low:high] += matrix[: num_queries - step, low - offset : high - offset]
+                terms_by_steps[step:, low:high] += 1
+        steps_taken = np.minimum(np.arange(num_queries), len(offsets) - 1)
+        total /= terms_by_steps[steps_taken]
+        np.maximum(best, total, out=best)
+    return best
+
+
+class SequenceMatcher:
+    """Online sequence matching: push one similarity row per query, get that query's sequence scores.
+
+    The map may grow between pushes (mapping mode); older rows then lack the new references and
+    those terms are skipped. A shrinking row means another map: call `reset()` first.
+    """
+
+    def __init__(self, length: int, velocities: Sequence[float] = DEFAULT_VELOCITIES) -> None:
+        self._offset_rows = _offset_rows(length, velocities)
+        self._length = int(length)
+        self._recent_rows: deque[np.ndarray] = deque(maxlen=self._length)
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self) -> None:
+        """Forget the recent queries (after a new map, or when the robot was moved)."""
+        self._recent_rows.clear()
+
+    def push(self, similarity_row: Any) -> np.ndarray:
+        """Scores float32 [N] of the newest query, given its similarities [N] to every reference."""
+        if np.ndim(similarity_row) != 1:
+            raise InputError(f"similarity_row must have shape [N], got {list(np.shape(similarity_row))}")
+        row = _validated_matrix(np.asarray(similarity_row)[np.newaxis], name="similarity_row")[0]
+        if self._recent_rows and len(row) < len(self._recent_rows[-1]):
+            raise InputError(
+                f"similarity_row has {len(row)} entries but the previous one had "
+                f"{len(self._recent_rows[-1])}; call reset() after switching to a smaller map"
+            )
+        self._recent_rows.append(row)
+        num_references = len(row)
+        best = np.full(num_references, -np.inf, dtype=np.float32)
+        for offsets in self._offset_rows:
+            total = np.zeros(num_references, dtype=np.float32)
+            terms = np.zeros(num_references, dtype=np.float32)
+            for offset, past_row in zip(offsets, reversed(self._recent_rows)):
+                # Reference n takes past_row[n - offset] where that reference existed then.
+                low, high = max(offset, 0), min(num_references, len(past_row) + offset)
+                if low < high:
+                    total[low:high] += past_row[low - offset : high - offset]
+                    terms[low:high] += 1
+            total /= terms
+            np.maximum(best, total, out=best)
+        return best
+
+
+def _offset_rows(length: int, velocities: Sequence[float]) -> list[tuple[int, ...]]:
+    """Per velocity, the reference offset of each step back; velocities giving equal offsets merged."""
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise InputError(f"sequence length must be an integer >= 1, got {length!r}")
+    speeds = list(velocities)
+    if not speeds or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) for v in speeds
+    ):
+        raise InputError(f"velocities must be a non-empty list of finite numbers, got {velocities!r}")
+    rows: list[tuple[int, ...]] = []
+    for speed in speeds:
+        # Round half up (not Python's round-half-even) so offsets grow evenly with the step.
+        offsets = tuple(math.floor(speed * step + 0.5) for step in range(int(length)))
+        if offsets not in rows:
+            rows.append(offsets)
+    return rows
+
+
+def _validated_matrix(similarity: Any, name: str = "similarity") -> np.ndarray:
+    try:
+        matrix = np.asarray(similarity, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{name} must be numeric: {error}") from error
+    if matrix.ndim != 2:
+        raise InputError(f"{name} must have shape [Q, N], got {list(matrix.shape)}")
+    if not np.isfinite(matrix).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return matrix
