@@ -53,16 +53,24 @@ def cmd_build_map(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .offline import evaluate_traverses, open_checked_sequence, write_evaluation
+    from .offline import (build_map, evaluate_against_map, open_checked_sequence,
+                          require_enough_references, write_evaluation)
+    from .place_map import PlaceMap
 
     if args.tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {args.tolerance}")
-    reference = open_checked_sequence(args.reference, args.reference_topic)
     query = open_checked_sequence(args.query, args.query_topic)
+    reference = open_checked_sequence(args.reference, args.reference_topic) if args.reference else None
+    if reference is not None:
+        require_enough_references(len(reference))
     encoder = _encoder(args)
-    result = evaluate_traverses(encoder, reference, query, args.tolerance, args.sequence_length,
-                                args.index)
-    title = f"{Path(args.query).name} vs {Path(args.reference).name}, ±{args.tolerance} frames, L={args.sequence_length}"
+    if reference is None:
+        place_map = PlaceMap.load(args.map, expected_fingerprint=encoder.fingerprint, expected_dim=encoder.dim)
+    else:
+        place_map = build_map(encoder, reference, args.index)
+    result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length)
+    title = (f"{Path(args.query).name} vs {Path(args.reference or args.map).name}, "
+             f"±{args.tolerance} frames, L={args.sequence_length}")
     write_evaluation(result, args.out, title)
     metrics = result.metrics
     print("  ".join(f"R@{k} {metrics[f'recall@{k}']:.2f}%" for k in (1, 5, 10, 20))
@@ -141,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Recall@K and PR curve of a query traverse",
                                    description="Match every query frame against a map of the "
                                                "reference traverse and write metrics.json and pr_curve.png.")
-    evaluate.add_argument("--reference", required=True, help="reference (map) folder or rosbag2")
+    reference = evaluate.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--reference", help="reference (map) folder or rosbag2")
+    reference.add_argument("--map", help="an existing map directory (from build-map) instead of --reference")
     evaluate.add_argument("--query", required=True, help="query folder or rosbag2")
     evaluate.add_argument("--reference-topic", default=None, help="image topic in a reference bag")
     evaluate.add_argument("--query-topic", default=None, help="image topic in a query bag")

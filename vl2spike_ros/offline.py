@@ -53,17 +53,22 @@ class EvaluationResult:
     recall: np.ndarray
 
 
+def require_enough_references(count: int) -> None:
+    """Recall@20 (a design §3 key) needs at least 20 references; checked before any encoding."""
+    max_k = max(RECALL_KS)
+    if max_k > count:
+        raise InputError(f"K={max_k} but the map holds only {count} places; "
+                         "Recall@K needs at least K references")
+
+
 def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query: ImageSequence,
                          tolerance: int, sequence_length: int = 1, progress: bool = True) -> EvaluationResult:
     """Recall@K and PR curve of `query` against a map whose places carry frame numbers."""
     if tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {tolerance}")
-    max_k = max(RECALL_KS)
-    if max_k > len(place_map):
-        raise InputError(f"K={max_k} but the map holds only {len(place_map)} places; "
-                         "Recall@K needs at least K references")
+    require_enough_references(len(place_map))
     query_descriptors = encode_sequence(encoder, query, "query", progress)
-    localizer = Localizer(encoder, place_map, top_k=max_k, sequence_length=sequence_length)
+    localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length)
     started = time.perf_counter()
     matches = [localizer.match_descriptor(descriptor) for descriptor in query_descriptors]
     matching_ms = (time.perf_counter() - started) * 1000.0 / max(len(matches), 1)
