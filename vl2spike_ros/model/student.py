@@ -6,6 +6,7 @@ computation is kept as `forward_naive` because the equality test needs the refer
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,10 @@ from spikingjelly.activation_based.model.spikformer import Spikformer
 from torch import nn
 
 from .config import StudentConfig
+
+# spikingjelly probes for Triton kernels on its first forward; without a GPU torch logs a warning per
+# probe that tells a user nothing actionable, on every CLI call and node start.
+logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 
 @dataclass
