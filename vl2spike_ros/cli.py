@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .replay import add_replay_commands
 
 INDEX_CHOICES = ("flat", "hnsw", "ivfpq")
 ENERGY_SAMPLE_FRAMES = 32
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--overwrite", action="store_true", help="replace an existing file")
     init.set_defaults(func=cmd_init_checkpoint)
 
+    add_replay_commands(commands)
     return parser
 
 

@@ -1,0 +1,342 @@
+"""vpr_node as users run it: its console script in its own process, talked to over DDS on loopback.
+
+Two node processes serve the module: a localising one on raw images (map of the demo route's
+reference traverse) and a mapping one on compressed images (starting from an empty map).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import test_node_support as support  # sets the loopback ROS environment before rclpy starts
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.srv import GetState  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+
+from vl2spike_ros.datasets import ImageFolderSequence  # noqa: E402
+from vl2spike_ros.demo_data import write_demo_route  # noqa: E402
+from vl2spike_ros.place_map import PlaceMap  # noqa: E402
+from vl2spike_ros.ros_images import rgb_to_compressed, rgb_to_image  # noqa: E402
+
+RAW_NS = "/vpr_test_raw"
+MAP_NS = "/vpr_test_map"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("node_assets")
+    reference, query = write_demo_route(root / "route")
+    checkpoint = support.tiny_checkpoint(root / "tiny.safetensors")
+    map_dir = support.build_test_map(checkpoint, reference, root / "map")
+    queries = ImageFolderSequence(query)
+    images = [queries.read(i) for i in range(40)]
+    return {"root": root, "reference": reference, "checkpoint": checkpoint, "map": map_dir, "images": images}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    p = support.Probe()
+    yield p
+    p.close()
+
+
+def _stamp(message, sec: int, nanosec: int = 0, frame_id: str = "test_camera"):
+    message.header.stamp.sec, message.header.stamp.nanosec = sec, nanosec
+    message.header.frame_id = frame_id
+    return message
+
+
+def _start(assets, namespace: str, log_name: str, **params):
+    base = {"model_path": assets["checkpoint"], "num_threads": 1, "top_k": 5}
+    return support.NodeProcess(assets["root"] / log_name, {**base, **params}, namespace)
+
+
+class Channel:
+    """A node process plus the probe's publisher, /match and /diagnostics collectors for it."""
+
+    def __init__(self, probe, node, compressed: bool) -> None:
+        self.probe, self.node = probe, node
+        self.msg_type = CompressedImage if compressed else Image
+        topic = f"{node.namespace}/image" + ("/compressed" if compressed else "")
+        self.publisher = probe.node.create_publisher(self.msg_type, topic, qos_profile_sensor_data)
+        self.matches = probe.collect(String, f"{node.namespace}/vpr_node/match", lambda m: json.loads(m.data))
+        prefix = f"{node.namespace}/vpr_node"
+        self.diagnostics = probe.collect(
+            DiagnosticArray, "/diagnostics", lambda m: support.diagnostics_values(m, prefix))
+        self.compressed = compressed
+        self.next_sec = 1000
+
+    def message(self, rgb, sec: int):
+        make = rgb_to_compressed if self.compressed else rgb_to_image
+        return _stamp(make(rgb), sec)
+
+    def stamp(self) -> int:
+        self.next_sec += 1
+        return self.next_sec
+
+    def send(self, rgb, timeout_s: float = 10.0) -> dict:
+        """Publish one frame (again, while nothing comes back: best effort) and return its match."""
+        sec = self.stamp()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.publisher.publish(self.message(rgb, sec))
+            if self.probe.wait_until(lambda: any(m["stamp"]["sec"] == sec for m in self.matches), 1.0):
+                return next(m for m in self.matches if m["stamp"]["sec"] == sec)
+            assert self.node.process.poll() is None, self.node.log()
+        raise AssertionError(f"no match for stamp {sec}; node log:\n{self.node.log()}")
+
+    def latest_diagnostics(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """The first diagnostics message that arrives from now on."""
+        with self.probe.lock:
+            seen = len(self.diagnostics)
+        assert self.probe.wait_until(
+            lambda: any(d is not None for d in self.diagnostics[seen:]), timeout_s), "no /diagnostics"
+        with self.probe.lock:
+            return [d for d in self.diagnostics[seen:] if d is not None][-1]
+
+
+def _wait_active(channel: Channel) -> None:
+    assert channel.node.wait_for_log("active: listening on", 120.0), channel.node.log()
+    assert channel.probe.wait_until(lambda: channel.publisher.get_subscription_count() > 0, 20.0)
+    channel.send(channel.probe_image, timeout_s=30.0)  # warm-up: discovery and the first inference
+
+
+@pytest.fixture(scope="module")
+def raw(assets, probe):
+    node = _start(assets, RAW_NS, "raw_node.log", map_path=assets["map"],
+                  reference_images=assets["reference"])
+    channel = Channel(probe, node, compressed=False)
+    channel.probe_image = assets["images"][0]
+    try:
+        _wait_active(channel)
+        yield channel
+    finally:
+        code = node.stop()
+        assert code == 0, f"vpr_node exited with {code}:\n{node.log()}"
+
+
+@pytest.fixture(scope="module")
+def mapping(assets, probe):
+    node = _start(assets, MAP_NS, "map_node.log", map_path=assets["root"] / "new_map", mode="map",
+                  transport="compressed", novelty_threshold=0.9995)
+    channel = Channel(probe, node, compressed=True)
+    channel.probe_image = assets["images"][0]
+    try:
+        _wait_active(channel)
+        yield channel
+    finally:
+        code = node.stop()
+        assert code == 0, f"vpr_node exited with {code}:\n{node.log()}"
+
+
+def test_matches_carry_the_query_stamp(raw, assets):
+    for image in assets["images"][1:6]:
+        match = raw.send(image)
+        assert match["frame_id"] == "test_camera"
+        assert match["stamp"]["nanosec"] == 0
+        assert len(match["place_ids"]) == 5 and len(match["scores"]) == 5
+        assert match["scores"] == sorted(match["scores"], reverse=True)
+        assert match["accepted"] is True  # threshold 0.0
+        assert match["latency_ms"] > 0
+        assert match["mode"] == "localize" and match["added_place_id"] is None
+        assert match["best_place"]["place_id"] == match["place_ids"][0]
+        assert match["best_place"]["source"].startswith("images-")
+    indices = [m["query_index"] for m in raw.matches]
+    assert indices == sorted(indices)
+
+
+def test_node_is_an_active_lifecycle_node(raw, probe):
+    state = probe.call(GetState, f"{RAW_NS}/vpr_node/get_state", GetState.Request()).current_state
+    assert state.label == "active"
+
+
+def test_match_image_shows_query_beside_reference(raw, probe, assets):
+    images = probe.collect(Image, f"{RAW_NS}/vpr_node/match_image", depth=5)
+    deadline = time.monotonic() + 20
+    while not images and time.monotonic() < deadline:
+        raw.send(assets["images"][7])
+        probe.wait_until(lambda: bool(images), 1.0)
+    assert images, "no ~/match_image"
+    query = assets["images"][7]
+    # 96 px high panels (query and 64x32 reference, both scaled 3x) under a 24 px caption banner.
+    assert (images[-1].height, images[-1].width, images[-1].encoding) == (96 + 24, 2 * 192, "rgb8")
+    assert query.shape == (32, 64, 3)
+
+
+def test_parameter_updates_are_checked(raw, probe, assets):
+    service = f"{RAW_NS}/vpr_node/set_parameters"
+
+    def set_parameter(name, kind, **value):
+        request = SetParameters.Request()
+        request.parameters = [ParameterMsg(name=name, value=ParameterValue(type=kind, **value))]
+        return probe.call(SetParameters, service, request).results[0]
+
+    rejected = set_parameter("mode", ParameterType.PARAMETER_STRING, string_value="fly")
+    assert not rejected.successful and "mode must be one of" in rejected.reason
+    out_of_range = set_parameter("top_k", ParameterType.PARAMETER_INTEGER, integer_value=0)
+    assert not out_of_range.successful and out_of_range.reason
+    read_only = set_parameter("model_path", ParameterType.PARAMETER_STRING, string_value="/x")
+    assert not read_only.successful and "read-only" in read_only.reason
+    accepted = set_parameter("top_k", ParameterType.PARAMETER_INTEGER, integer_value=3)
+    assert accepted.successful, accepted.reason
+    try:
+        assert len(raw.send(assets["images"][8])["place_ids"]) == 3
+    finally:
+        assert set_parameter("top_k", ParameterType.PARAMETER_INTEGER, integer_value=5).successful
+
+
+def test_burst_leaves_no_backlog_and_counts_drops(raw, probe, assets):
+    for image in assets["images"][10:15]:
+        raw.send(image)
+    latency_s = sorted(m["latency_ms"] for m in raw.matches[-5:])[2] / 1000.0
+    period = latency_s / 3.0  # three times the processing rate
+    before = raw.latest_diagnostics()
+    first_sec = raw.stamp()
+    messages = [raw.message(assets["images"][i % 40], first_sec + i) for i in range(200)]
+    raw.next_sec = first_sec + 200
+    started = time.monotonic()
+    for i, message in enumerate(messages):
+        delay = started + i * period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        raw.publisher.publish(message)
+    burst_s = time.monotonic() - started
+    last_sec = first_sec + 199
+    # Newest frame wins: the burst's last frame is answered promptly, not after a queue of old ones.
+    assert probe.wait_until(lambda: any(m["stamp"]["sec"] >= last_sec - 1 for m in raw.matches),
+                            2.0 + 4 * latency_s), raw.node.log()[-2000:]
+    time.sleep(0.5)
+    answered = [m for m in raw.matches if first_sec <= m["stamp"]["sec"] <= last_sec]
+    # No backlog: a fresh frame afterwards is answered at once.
+    sent = time.monotonic()
+    raw.send(assets["images"][20])
+    assert time.monotonic() - sent < 1.0 + 4 * latency_s
+    after = raw.latest_diagnostics()
+    received = int(after["frames_received"]) - int(before["frames_received"])
+    dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+    processed = int(after["frames_processed"]) - int(before["frames_processed"])
+    print(f"burst: {burst_s:.2f} s at {1 / period:.0f} Hz, processing {latency_s * 1000:.1f} ms: "
+          f"received {received}, processed {processed}, dropped {dropped}, answered {len(answered)}")
+    assert received >= 150  # best-effort DDS may lose a few; on loopback it rarely does
+    assert dropped > 0 and dropped == received - processed
+    assert len(answered) < 200 and len(answered) <= processed
+    stamps = [m["stamp"]["sec"] for m in answered]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+def _malformed(index: int, good: Image) -> Image:
+    message = Image()
+    message.header.stamp.sec = 500 + index
+    message.height, message.width, message.encoding = good.height, good.width, good.encoding
+    message.step, message.data = good.step, bytes(good.data)
+    kind = index % 6
+    if kind == 0:
+        message.encoding = "yuv422"               # unsupported encoding
+    elif kind == 1:
+        message.step = good.width * 3 - 1         # step shorter than a row
+    elif kind == 2:
+        message.data = bytes(good.data)[:-7]      # truncated data
+    elif kind == 3:
+        message.data = bytes(good.data) + b"\0" * 5  # more than step * height
+    elif kind == 4:
+        message.height = message.width = 0        # empty image
+        message.data = b""
+    else:
+        message.encoding = "32FC1"                # a ROS encoding the node does not take
+    return message
+
+
+def test_malformed_frames_are_counted_and_dropped(raw, probe, assets):
+    before = raw.latest_diagnostics()
+    good = rgb_to_image(assets["images"][21])
+    count = 250
+    for index in range(count):
+        raw.publisher.publish(_malformed(index, good))
+        time.sleep(0.003)
+    match = raw.send(assets["images"][22])
+    assert match["accepted"]
+    deadline = time.monotonic() + 10
+    while True:
+        after = raw.latest_diagnostics()
+        invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
+        if invalid >= 200 or time.monotonic() > deadline:
+            break
+    print(f"malformed: sent {count}, counted invalid {invalid}")
+    assert invalid >= 200 and invalid <= count, after  # best effort: a few may be lost
+    assert raw.node.process.poll() is None
+    assert "dropped an invalid frame" in raw.node.log()
+    # Throttled: far fewer log lines than invalid frames.
+    assert raw.node.log().count("dropped an invalid frame") < 20
+
+
+def test_compressed_mapping_adds_places_and_save_round_trips(mapping, probe, assets):
+    added = [m["added_place_id"] for m in mapping.matches if m["added_place_id"] is not None]
+    assert added == [0]  # the warm-up frame started the empty map
+    results = [mapping.send(image) for image in assets["images"][1:12]]
+    new_ids = [m["added_place_id"] for m in results if m["added_place_id"] is not None]
+    assert len(new_ids) >= 3, [m["scores"][:1] for m in results]
+    assert new_ids == list(range(1, len(new_ids) + 1))
+    assert all(m["mode"] == "map" for m in results)
+    size = results[-1]["map_size"]
+    assert size == 1 + len(new_ids)
+
+    reply = probe.call(Trigger, f"{MAP_NS}/vpr_node/save_map", Trigger.Request())
+    assert reply.success, reply.message
+    saved = PlaceMap.load(assets["root"] / "new_map")
+    assert len(saved) == size
+    last = saved.places[-1]
+    stamp = next(m["stamp"] for m in results if m["added_place_id"] == last.place_id)
+    assert last.source == f"{MAP_NS}/image/compressed@{stamp['sec']}.{stamp['nanosec']:09d}"
+    assert last.stamp == pytest.approx(stamp["sec"])
+
+    off = probe.call(SetBool, f"{MAP_NS}/vpr_node/set_mapping", SetBool.Request(data=False))
+    assert off.success, off.message
+    localised = [mapping.send(image) for image in assets["images"][12:16]]
+    assert all(m["mode"] == "localize" and m["added_place_id"] is None for m in localised)
+    assert all(m["map_size"] == size for m in localised)
+    back = probe.call(SetBool, f"{MAP_NS}/vpr_node/set_mapping", SetBool.Request(data=True))
+    assert back.success, back.message
+
+
+def test_corrupt_compressed_frames_are_dropped(mapping, probe, assets):
+    before = mapping.latest_diagnostics()
+    good = rgb_to_compressed(assets["images"][30], compression="jpeg")
+    for index in range(20):
+        message = CompressedImage()
+        message.header.stamp.sec = 700 + index
+        message.format = "jpeg"
+        # Not an image at all, or a JPEG cut after its header.
+        message.data = b"not an image" if index % 2 else bytes(good.data)[:40]
+        mapping.publisher.publish(message)
+        time.sleep(0.005)
+    assert mapping.send(assets["images"][31])["stamp"]["sec"] > 0
+    deadline = time.monotonic() + 5
+    invalid = 0
+    while invalid < 20 and time.monotonic() < deadline:
+        after = mapping.latest_diagnostics()
+        invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
+    assert invalid >= 15, after  # best effort: nearly all arrive on loopback
+    assert mapping.node.process.poll() is None
+
+
+def test_wrong_map_fails_configure_with_the_reason(assets, tmp_path):
+    node = support.NodeProcess(tmp_path / "bad.log", {"model_path": assets["checkpoint"],
+                                                      "map_path": tmp_path / "no_map"}, "/vpr_test_bad")
+    try:
+        node.process.wait(90)
+    finally:
+        node.stop()
+    log = node.log()
+    assert node.process.returncode == 1, log
+    assert "configure failed" in log and "no such map directory" in log
