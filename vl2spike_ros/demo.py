@@ -1,5 +1,7 @@
 """`make demo`: map a reference traverse, localise a query traverse of the same route under
-changed appearance, and report Recall@K and the PR curve.
+changed appearance, and report Recall@K and the PR curve; then start `vpr_node` as its own process
+with that map, replay the query traverse to it as a rosbag2 over DDS on loopback, and report the
+live Recall@K, latency percentiles and drops.
 
 Default data: the embedded route built from photographs that scikit-image ships (no download);
 ``--data DIR`` takes a Nordland-layout folder (``summer/`` + ``winter/``, or ``reference/`` + ``query/``).
@@ -23,7 +25,8 @@ def find_traverses(data: Path) -> tuple[Path, Path]:
     raise InputError(f"--data {data}: expected sub-folders {expected}")
 
 
-def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int) -> dict:
+def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int, live: bool = True,
+        rate_hz: float = 20.0) -> dict:
     from .encoder import DescriptorEncoder
     from .offline import build_map, evaluate_against_map, open_checked_sequence, write_evaluation
 
@@ -41,7 +44,7 @@ def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int) ->
           f"{len(reference)} reference frames, {len(query)} query frames, tolerance ±{tolerance} frames")
 
     place_map = build_map(encoder, reference)
-    place_map.save(out / "map")
+    place_map.save(out / "map")  # atomic; replaces the map of an earlier demo run
     result = evaluate_against_map(encoder, place_map, query, tolerance)
     write_evaluation(result, out / "offline", f"{query_dir.name} vs {reference_dir.name}, ±{tolerance} frames")
     metrics = result.metrics
@@ -50,7 +53,15 @@ def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int) ->
         + f"  PR-AUC {metrics['pr_auc']:.3f}")
     print(f"map: {out / 'map'}  metrics: {out / 'offline' / 'metrics.json'}  "
           f"PR plot: {out / 'offline' / 'pr_curve.png'}")
-    return metrics
+    if not live:
+        return metrics
+    from .live_demo import format_summary, run_live_demo
+
+    live_metrics = run_live_demo(checkpoint, out / "map", query_dir, tolerance=tolerance,
+                                 work_dir=out / "live", rate_hz=rate_hz)
+    print(format_summary(live_metrics))
+    print(f"live metrics: {out / 'live' / 'live_metrics.json'}")
+    return {"offline": metrics, "live": live_metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     parser.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
     parser.add_argument("--tolerance", type=int, default=10, help="frame tolerance (default 10 = ±1 place)")
+    parser.add_argument("--rate", type=float, default=20.0,
+                        help="replay rate of the query bag in frames per second (default 20)")
+    parser.add_argument("--offline-only", action="store_true", help="skip the live node part")
     args = parser.parse_args(argv)
     try:
-        run(args.data, args.out, args.checkpoint, args.tolerance)
+        run(args.data, args.out, args.checkpoint, args.tolerance, not args.offline_only, args.rate)
     except InputError as error:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
