@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The stamp names a hash of everything that decides what is installed, so a second run installs nothing
 # and a change to a pin reinstalls.
-INSTALL_INPUTS := requirements.txt requirements-nodeps.txt setup.py
+INSTALL_INPUTS := requirements.txt requirements-ros.txt requirements-dev.txt requirements-nodeps.txt setup.py
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
 # DDS stays on loopback for every process these targets start (Kilted reads the first, Humble the second).
 ROS_LOOPBACK := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
@@ -15,7 +15,7 @@ venv: $(STAMP)
 
 $(STAMP): $(INSTALL_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*

@@ -48,7 +48,7 @@ setup(
             "ros-diagnostic-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-rmw-fastrtps-cpp",
         ],
         "train": ["transformers>=4.40"],
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "colcon-common-extensions"],
     },
     zip_safe=False,
     maintainer="vl2spike_ros maintainers",
