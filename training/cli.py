@@ -1,0 +1,54 @@
+"""`vl2spike-train`: train a student (optionally its ANN teacher first) or run the ablation set.
+
+    vl2spike-train train  --config configs/training/default_student.yaml [--set optim.epochs=3 ...]
+    vl2spike-train ablate --config configs/training/ablation_nordland.yaml [--set ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vl2spike_ros.errors import InputError
+
+from .config import load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vl2spike-train", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train one student (and its teacher first when teacher.spec is "
+                                 "train-place-cnn); exports it when run.export is set"),
+                       ("ablate", "student alone, + SVS, + SVS + SPL on the same data, epochs and seed; "
+                                  "writes report.json, report.md and report.png")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", help="YAML training config (keys: see training/config.py)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override one config key, e.g. --set optim.epochs=3 (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    command_line = ["vl2spike-train", *argv]
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.command == "train":
+            from .trainer import train_student
+
+            summary = train_student(config, command_line)
+            print(f"{summary['metric']}: {summary['final'][summary['metric']]:.2f}% "
+                  f"(run directory {config['run']['out_dir']})")
+        else:
+            from .ablation import run_ablation
+
+            report = run_ablation(config, command_line)
+            print(f"ablation report: {report['paths']['markdown']}")
+    except InputError as error:
+        print(f"vl2spike-train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Training configuration: one nested YAML file plus `--set section.key=value` overrides.
+
+Every key is known in advance (the defaults below), so a typo is an error rather than a silently
+ignored setting. The student section is validated by the runtime's own StudentConfig.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.model import StudentConfig
+
+TASKS = ("place", "classification")
+
+DEFAULTS: dict[str, Any] = {
+    "task": "place",
+    "data": {
+        # place: two frame-aligned traverses; the same file name in both is the same place.
+        "reference": "",          # the map traverse (Nordland: summer)
+        "query": "",              # the query traverse (Nordland: winter)
+        "block_size": 100,        # places per block of the split
+        "holdout_every": 4,       # every k-th block (k-1, 2k-1, ...) is held out for evaluation
+        "guard_places": 2,        # training places dropped on each side of a held-out block
+        "max_places": 0,          # 0: all; else the first N places (pilots, tests)
+        "hard_negative_run": 8,   # places per run of neighbours in a batch (<= 1: random batches)
+        "tolerance_frames": 10,   # a match within +-10 original frames (+-1 Nordland place) is correct
+        # classification: image folders <root>/<class>/*.jpg
+        "train": "",
+        "val": "",
+        "max_per_class": 0,       # 0: all
+        "augment": True,
+    },
+    "student": StudentConfig().to_dict(),
+    "teacher": {
+        # none | hf-clip:DIR | hf-siglip:DIR | hf:DIR | open-clip:ARCH:FILE | ann:FILE | train-place-cnn
+        "spec": "none",
+        "feature_cache": "",      # directory (keyed files) or one cache file; "": <out_dir>/feature_cache
+        "batch_size": 64,
+        "prompt_templates": ["a photo of a {}."],
+        # place recognition has no class names: SPL uses these scene prompts as pseudo-classes
+        # (each image takes the prompt its teacher embedding is closest to).
+        "place_prompts": [],
+        "cnn": {                  # the ANN place teacher trained by `train-place-cnn`
+            "widths": [32, 64, 128, 256],
+            "strides": [2, 2, 2, 2],  # 32x64 in, 2x4 out
+            "embed_dim": 256,
+            "epochs": 30,
+            "batch_size": 128,
+            "lr": 0.002,
+            "weight_decay": 0.05,
+            "warmup_epochs": 1,
+            "temperature": 0.05,
+        },
+    },
+    "distill": {
+        "align_weight": 0.0,          # SVS manifold alignment (cosine)
+        "relation_weight": 0.0,       # SVS relation term ||ZZ^T - GG^T||^2 / B^2
+        "temporal_weight": 0.0,       # SVS temporal consistency (KL to the time-mean)
+        "temporal_warmup_epochs": 2.0,
+        "membrane_weight": 0.0,       # lambda_v inside the temporal term
+        "rate_weight": 0.0,           # lambda_r inside the temporal term
+        "prototype_weight": 0.0,      # SPL prototype-to-text InfoNCE
+        "prototype_momentum": 0.9,
+        "prototype_temperature": 0.07,
+        "logit_kd_weight": 0.0,       # SPL text-logit distillation
+        "kd_temperature": 2.0,
+        "kd_student_temperature": 0.01,
+    },
+    "optim": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 0.002,
+        "weight_decay": 0.05,
+        "warmup_epochs": 1.0,
+        "task_temperature": 0.05,     # InfoNCE / cosine-classifier temperature
+        "grad_clip": 5.0,
+    },
+    "run": {
+        "out_dir": "runs/train",
+        "seed": 0,
+        "threads": 1,
+        "resume": True,               # continue from <out_dir>/state.safetensors when it exists
+        "export": "",                 # runtime checkpoint to write at the end ("": none)
+        "progress": True,
+    },
+}
+
+
+def _merge(base: dict, update: dict, where: str) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if key not in base:
+            raise InputError(f"training config: unknown key {path!r}; expected one of {sorted(base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise InputError(f"training config: {path!r} must be a mapping, got {value!r}")
+            merged[key] = _merge(base[key], value, f"{path}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise InputError(f"--set {item!r}: expected key=value, e.g. optim.epochs=3")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict = {}
+    cursor = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def _check_types(config: dict, defaults: dict, where: str = "") -> None:
+    for key, default in defaults.items():
+        value = config[key]
+        path = f"{where}{key}"
+        if isinstance(default, dict):
+            _check_types(value, default, f"{path}.")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise InputError(f"training config: {path} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"training config: {path} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+                raise InputError(f"training config: {path} must be an integer, got {value!r}")
+            config[key] = type(default)(value)
+        elif isinstance(default, list) and not isinstance(value, list):
+            raise InputError(f"training config: {path} must be a list, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            config[key] = str(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """Defaults <- YAML file <- overrides; returns a plain nested dict, validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"training config {path}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise InputError(f"training config {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"training config {path}: expected a mapping at the top level")
+        config = _merge(config, loaded, "")
+    for item in overrides or []:
+        config = _merge(config, _parse_override(item), "")
+    _check_types(config, DEFAULTS)
+    if config["task"] not in TASKS:
+        raise InputError(f"training config: task must be one of {TASKS}, got {config['task']!r}")
+    StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
+    for key in ("epochs", "batch_size"):
+        if config["optim"][key] <= 0:
+            raise InputError(f"training config: optim.{key} must be positive")
+    if config["optim"]["batch_size"] < 2:
+        raise InputError("training config: optim.batch_size must be at least 2 (contrastive losses)")
+    return config
+
+
+def config_digest(config: dict) -> str:
+    """Hash of everything that shapes the trained weights (not where outputs go)."""
+    shaping = {key: value for key, value in config.items() if key != "run"}
+    shaping["seed"] = config["run"]["seed"]
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,62 @@
+"""Held-out figures used during and after training: place Recall@K and classification accuracy,
+plus the eval-mode spike rate (design §4: a student can fall silent in eval mode)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from spikingjelly.activation_based import neuron
+
+from vl2spike_ros.evaluation import frame_tolerance_positives, recall_at_k
+
+from .data import PlaceTraverses, as_float
+
+RECALL_KS = (1, 5, 10)
+
+
+def embed_in_batches(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     batch_size: int = 256) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([embed(as_float(images[start:start + batch_size]))
+                          for start in range(0, len(images), batch_size)])
+
+
+def place_recall(embed: Callable[[torch.Tensor], torch.Tensor], traverses: PlaceTraverses,
+                 places: np.ndarray, tolerance_frames: int) -> dict[str, float]:
+    """Query traverse against a map of the reference traverse, both restricted to `places`."""
+    reference = embed_in_batches(embed, traverses.reference[places])
+    query = embed_in_batches(embed, traverses.query[places])
+    return recall_from_embeddings(query, reference, traverses.frames[places], tolerance_frames)
+
+
+def recall_from_embeddings(query: torch.Tensor, reference: torch.Tensor, frames: np.ndarray,
+                           tolerance_frames: int) -> dict[str, float]:
+    similarity = query @ reference.T
+    depth = min(max(RECALL_KS), reference.shape[0])
+    ranked = similarity.topk(depth, dim=1).indices.numpy()
+    positives = frame_tolerance_positives(frames, frames, tolerance_frames)
+    recalls = recall_at_k(ranked, positives, [k for k in RECALL_KS if k <= depth])
+    return {f"recall@{k}": value for k, value in recalls.items()}
+
+
+class SpikeRateMeter:
+    """Fraction of LIF outputs that are spikes, over every neuron of a model, while attached."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.spikes = 0.0
+        self.count = 0
+        self._handles = [node.register_forward_hook(self._record)
+                         for node in model.modules() if isinstance(node, neuron.BaseNode)]
+
+    def _record(self, module, inputs, output) -> None:
+        self.spikes += float(output.detach().sum())
+        self.count += output.numel()
+
+    @property
+    def rate(self) -> float:
+        return self.spikes / self.count if self.count else 0.0
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()

@@ -1,0 +1,80 @@
+"""Trains the ANN place teacher (ann_encoder.PlaceCNN) with InfoNCE across seasons on the
+training places of the same split the student uses, so the teacher never sees held-out places."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vl2spike_ros.errors import InputError
+
+from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
+from .loop import learning_rate, log_line, make_optimizer, seed_everything
+from .tasks import PlaceTask
+
+
+def teacher_digest(config: dict) -> str:
+    """What shapes the teacher: its own settings, the data and split, the student's input size and
+    normalisation, and the seed."""
+    shaping = {"cnn": config["teacher"]["cnn"], "data": config["data"], "seed": config["run"]["seed"],
+               "input": {key: config["student"][key] for key in
+                         ("image_height", "image_width", "in_channels", "input_normalization", "patch_norm_size")}}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def train_place_cnn(config: dict, task: PlaceTask, out_path: Path, log=log_line) -> dict:
+    """Trains (or reuses, when `out_path` holds a teacher of the same digest) the CNN teacher.
+    Returns its provenance (settings, split, held-out metrics, timing)."""
+    if config["task"] != "place":
+        raise InputError("teacher.spec=train-place-cnn trains a place teacher; it needs task: place")
+    digest = teacher_digest(config)
+    if out_path.is_file():
+        _, _, _, provenance = load_ann_encoder(out_path)
+        if provenance.get("digest") == digest:
+            log(f"teacher: reusing {out_path} (same settings and data)")
+            return provenance
+    settings = config["teacher"]["cnn"]
+    student = config["student"]
+    generator = seed_everything(config["run"]["seed"], config["run"]["threads"])
+    model = build_ann_encoder(place_cnn_config(
+        settings["widths"], settings["strides"], settings["embed_dim"], student["image_height"], student["image_width"],
+        student["in_channels"], student["input_normalization"], student["patch_norm_size"]))
+    optimizer = make_optimizer(model, settings["lr"], settings["weight_decay"])
+    epochs = settings["epochs"]
+    task.temperature = settings["temperature"]
+    records = []
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        batches = task.epoch_batches(settings["batch_size"], generator)
+        bar = tqdm(batches, desc=f"teacher epoch {epoch + 1}/{epochs}", disable=not config["run"]["progress"],
+                   leave=False)
+        epoch_started = time.perf_counter()
+        total = 0.0
+        for step, positions in enumerate(bar):
+            lr = learning_rate(settings["lr"], epoch + step / len(batches), settings["warmup_epochs"], epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = task.batch(positions, generator)
+            loss = batch.task_loss(model(batch.images))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval()
+        metrics = task.evaluate(model)
+        record = {"epoch": epoch + 1, "loss": total / max(1, len(batches)),
+                  "seconds": time.perf_counter() - epoch_started, **metrics}
+        records.append(record)
+        log(f"teacher epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f} "
+            f"held-out R@1 {metrics['recall@1']:.1f}% ({record['seconds']:.0f} s)")
+    provenance = {"digest": digest, "settings": settings, "split": task.describe(),
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "train_seconds": time.perf_counter() - started, "metrics": records[-1], "epochs": records}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_ann_encoder(out_path, model, provenance)
+    return provenance
