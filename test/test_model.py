@@ -72,3 +72,17 @@ def test_config_rejects_bad_values(field, value):
 def test_config_rejects_unknown_keys():
     with pytest.raises(InputError, match="unknown keys"):
         StudentConfig.from_dict({"embed_dim": 64})
+
+
+def test_grid_pooling_pools_each_cell_separately():
+    model = tiny_student(pool_grid_rows=2, pool_grid_cols=4, pooling="mean").train()
+    feature_maps = torch.arange(2 * 1 * 32 * 8 * 16, dtype=torch.float32).reshape(2, 1, 32, 8, 16)
+    pooled = model._pool_cells(feature_maps)  # [T, B, 8 cells * 32 channels]
+    assert pooled.shape == (2, 1, 8 * 32)
+    top_right = feature_maps[:, :, :, 0:4, 12:16].mean(dim=(3, 4))  # row 0, column 3 of the grid
+    torch.testing.assert_close(pooled[:, :, 3 * 32:4 * 32], top_right)
+
+
+def test_pool_grid_must_divide_the_token_grid():
+    with pytest.raises(InputError, match="pool grid 3x4"):
+        StudentConfig(pool_grid_rows=3, pool_grid_cols=4)

@@ -32,6 +32,10 @@ class StudentConfig:
     timesteps: int = 2
     descriptor_dim: int = 256
     pooling: str = "gem"
+    # Tokens are pooled per cell of a pool_grid_rows x pool_grid_cols grid and the cells concatenated:
+    # one global pool throws away the layout of a scene, which is much of what tells places apart.
+    pool_grid_rows: int = 1
+    pool_grid_cols: int = 1
     input_normalization: str = "patch"
     patch_norm_size: int = 8
     lif_tau: float = 2.0
@@ -41,7 +45,8 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         positive = ("image_height", "image_width", "in_channels", "embed_dims", "num_heads",
-                    "depths", "timesteps", "descriptor_dim", "patch_norm_size")
+                    "depths", "timesteps", "descriptor_dim", "patch_norm_size", "pool_grid_rows",
+                    "pool_grid_cols")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -52,6 +57,10 @@ class StudentConfig:
         if self.image_height % self.patch_size or self.image_width % self.patch_size:
             raise InputError(f"student config: image size {self.image_height}x{self.image_width} "
                              f"must be a multiple of patch_size {self.patch_size}")
+        grid = (self.image_height // self.patch_size, self.image_width // self.patch_size)
+        if grid[0] % self.pool_grid_rows or grid[1] % self.pool_grid_cols:
+            raise InputError(f"student config: pool grid {self.pool_grid_rows}x{self.pool_grid_cols} must "
+                             f"divide the {grid[0]}x{grid[1]} token grid")
         if self.embed_dims % 8 or self.embed_dims % self.num_heads:
             raise InputError(f"student config: embed_dims {self.embed_dims} must be a multiple of 8 "
                              f"and of num_heads {self.num_heads}")

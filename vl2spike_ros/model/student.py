@@ -92,7 +92,8 @@ class SpikformerStudent(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = config.bn_momentum
         self.pool = GeneralizedMeanPool() if config.pooling == "gem" else MeanPool()
-        self.projection = nn.Linear(config.embed_dims, config.descriptor_dim)
+        cells = config.pool_grid_rows * config.pool_grid_cols
+        self.projection = nn.Linear(cells * config.embed_dims, config.descriptor_dim)
 
     @property
     def lif_nodes(self) -> list[neuron.BaseNode]:
@@ -110,11 +111,19 @@ class SpikformerStudent(nn.Module):
             x_seq = stage(x_seq)
         return x_seq + stem.positional_encoding(x_seq)
 
+    def _pool_cells(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """[T, B, C, H, W] -> [T, B, cells * C]: pooled tokens of each grid cell, concatenated."""
+        steps, batch, channels, height, width = feature_maps.shape
+        rows, cols = self.config.pool_grid_rows, self.config.pool_grid_cols
+        cells = feature_maps.reshape(steps, batch, channels, rows, height // rows, cols, width // cols)
+        cells = cells.permute(0, 1, 3, 5, 4, 6, 2).reshape(steps, batch, rows * cols, -1, channels)
+        return self.pool(cells).flatten(2)
+
     def _head(self, feature_maps: torch.Tensor, membrane: list[torch.Tensor]) -> StudentOutput:
         for block in self.backbone.blocks:
             feature_maps = block(feature_maps)
         tokens = feature_maps.flatten(3).transpose(2, 3)  # [T, B, N, C]
-        step_descriptors = F.normalize(self.projection(self.pool(tokens)), dim=-1)
+        step_descriptors = F.normalize(self.projection(self._pool_cells(feature_maps)), dim=-1)
         descriptor = F.normalize(step_descriptors.mean(dim=0), dim=-1)
         if membrane is not None:
             membrane = [node.v_seq for node in self.lif_nodes]
