@@ -138,3 +138,18 @@ def test_logit_kd_gradient_reaches_first_layer(student_output):
     teacher = F.normalize(torch.randn(4, 3), dim=-1)
     loss = text_logit_kd(alignment.project(output.descriptor), teacher, text, 2.0, 0.01)
     assert first_layer_gradient(model, loss) > 0
+
+
+def test_centering_the_head_zeroes_the_mean_projection():
+    from vl2spike_training.trainer import center_descriptor_head
+
+    torch.manual_seed(0)
+    model = SpikformerStudent(TINY)
+    images = torch.rand(8, 3, 32, 64)
+    center_descriptor_head(model, images)
+    captured = []
+    handle = model.projection.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    with torch.no_grad():
+        model.train()(images)
+    handle.remove()
+    assert captured[0].mean(dim=(0, 1)).abs().max() < 1e-4

@@ -125,6 +125,7 @@ def test_place_ablation_with_trained_cnn_teacher(tmp_path):
     assert [row["variant"] for row in report["rows"]] == ["student", "student+SVS"]
     assert "no text side" in report["skipped"]["student+SVS+SPL"]
     assert "recall@1" in report["teacher"]["metrics"]
+    assert report["teacher"]["energy"]["ann_energy_pj"] > 0
     for key in ("json", "markdown", "plot"):
         assert (tmp_path / "ablation" / f"report.{ {'json': 'json', 'markdown': 'md', 'plot': 'png'}[key]}").is_file()
 
@@ -146,3 +147,19 @@ def test_nordland_smoke(tmp_path):
     summary = train_student(load_config(None, overrides), log=lambda _: None)
     assert 0.0 <= summary["final"]["recall@1"] <= 100.0
     assert "blocks [3]" in summary["data"]
+
+
+def test_hard_negative_batches_cover_each_place_once_with_near_neighbours(tmp_path):
+    summer, winter = write_traverses(tmp_path / "route", places=40)
+    from vl2spike_training.tasks import PlaceTask
+
+    config = load_config(None, tiny_overrides(tmp_path / "run", **{
+        "data.reference": str(summer), "data.query": str(winter), "data.block_size": 10,
+        "data.hard_negative_run": 4}))
+    task = PlaceTask(config, StudentConfig.from_dict(config["student"]), None, "")
+    batches = task.epoch_batches(8, torch.Generator().manual_seed(0))
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(task.num_train))
+    places = [task.split.train[batch] for batch in batches]
+    # every batch holds places two apart (hard negatives); places one apart are masked in the loss
+    assert all((np.abs(p[:, None] - p[None, :]) == 2).any() for p in places)

@@ -72,7 +72,9 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {name} | skipped: {reason} | | | |")
     teacher = report["teacher"]
     figures = ", ".join(f"{key} {value:.2f}%" for key, value in teacher.get("metrics", {}).items())
-    lines += ["", f"Teacher: {teacher.get('description', teacher['spec'])}: {figures or 'no figures'}."]
+    energy = teacher.get("energy")
+    energy_text = f"; energy/frame {energy['ann_energy_pj'] * 1e-6:.4f} µJ (ANN, 4.6 pJ/MAC)" if energy else ""
+    lines += ["", f"Teacher: {teacher.get('description', teacher['spec'])}: {figures or 'no figures'}{energy_text}."]
     lines += [f"SPL: {report['spl']}", ""]
     return "\n".join(lines)
 
@@ -117,12 +119,13 @@ def run_ablation(config: dict, command: list[str] | None = None, log=log_line) -
         summary = train_student(_variant(config, name, keep, out_dir, teacher_spec), command, log)
         summaries[name] = summary
         rows.append(_row(name, summary))
-    last = next(iter(summaries.values()))
-    teacher_row = dict(last["teacher"]) if teacher is not None else {"spec": "none"}
-    teacher_row.update({key: value for key, value in teacher_info.items() if key in ("description", "spec")})
-    teacher_row.pop("training", None)
+    last = summaries[rows[-1]["variant"]]
+    # The distilled variants saw the teacher (metrics, energy); the original spec and the
+    # description say where it came from.
+    teacher_row = {"spec": "none"}
     if teacher is not None:
-        teacher_row["metrics"] = summaries[rows[-1]["variant"]]["teacher"]["metrics"]
+        teacher_row = {key: value for key, value in last["teacher"].items() if key != "training"}
+        teacher_row.update(spec=teacher_info["spec"], description=teacher_info["description"])
     report = {
         "task": config["task"], "data": last["data"], "metric": last["metric"],
         "epochs": config["optim"]["epochs"], "seed": config["run"]["seed"],

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
         "holdout_every": 4,       # every k-th block (k-1, 2k-1, ...) is held out for evaluation
         "guard_places": 2,        # training places dropped on each side of a held-out block
         "max_places": 0,          # 0: all; else the first N places (pilots, tests)
-        "hard_negative_run": 8,   # places per run of neighbours in a batch (<= 1: random batches)
+        "hard_negative_run": 0,   # > 1: batches of runs of that many nearby places (hard negatives)
         "tolerance_frames": 10,   # a match within +-10 original frames (+-1 Nordland place) is correct
         # classification: image folders <root>/<class>/*.jpg
         "train": "",
@@ -139,7 +139,7 @@ def _check_types(config: dict, defaults: dict, where: str = "") -> None:
         elif isinstance(default, list) and not isinstance(value, list):
             raise InputError(f"training config: {path} must be a list, got {value!r}")
         elif isinstance(default, str) and not isinstance(value, str):
-            config[key] = str(value)
+            config[key] = "" if value is None else str(value)  # YAML `key:` / `null` means unset
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:

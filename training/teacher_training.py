@@ -9,8 +9,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vl2spike_ros.errors import InputError
-
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
 from .tasks import PlaceTask
@@ -28,8 +26,6 @@ def teacher_digest(config: dict) -> str:
 def train_place_cnn(config: dict, task: PlaceTask, out_path: Path, log=log_line) -> dict:
     """Trains (or reuses, when `out_path` holds a teacher of the same digest) the CNN teacher.
     Returns its provenance (settings, split, held-out metrics, timing)."""
-    if config["task"] != "place":
-        raise InputError("teacher.spec=train-place-cnn trains a place teacher; it needs task: place")
     digest = teacher_digest(config)
     if out_path.is_file():
         _, _, _, provenance = load_ann_encoder(out_path)

@@ -21,10 +21,10 @@ from vl2spike_ros.model import SpikformerStudent, StudentConfig
 from .config import config_digest
 from .data import load_place_traverses
 from .evaluation import SpikeRateMeter
-from .export import energy_of, export_student
-from .losses import (ManifoldAlignment, alignment_cosine, PrototypeBank, membrane_consistency, prototype_text_info_nce,
-                     rate_consistency, relation_loss, step_consistency_kl, temporal_warmup_weight,
-                     text_logit_kd)
+from .export import ann_energy_of, energy_of, export_student
+from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membrane_consistency,
+                     prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
+                     temporal_warmup_weight, text_logit_kd)
 from .loop import learning_rate, load_state, log_line, make_optimizer, save_state, seed_everything
 from .tasks import PlaceTask, build_task
 from .teacher_training import train_place_cnn
@@ -39,6 +39,8 @@ def resolve_teacher(config: dict, out_dir: Path, log) -> tuple[object | None, di
     if spec in ("", "none"):
         return None, {"spec": "none"}, None
     if spec == TRAIN_CNN:
+        if config["task"] != "place":
+            raise InputError(f"teacher.spec={TRAIN_CNN} trains a place teacher; it needs task: place")
         student = StudentConfig.from_dict(config["student"])
         traverses = load_place_traverses(config["data"]["reference"], config["data"]["query"], student,
                                          config["data"]["max_places"])
@@ -149,11 +151,16 @@ def center_descriptor_head(model: SpikformerStudent, images: torch.Tensor) -> No
     Pooled spike counts are all non-negative and share a large common component, so freshly
     initialised descriptors of different places point almost the same way (cosine ~1) and
     InfoNCE starts from a collapsed geometry. Centring once, before the first step, spreads them.
+    The projection's input is read with a hook, whatever pooling the head uses.
     """
-    model.train()
-    tokens = model(images).tokens                        # [T, B, N, C]
-    mean_pooled = model.pool(tokens).mean(dim=(0, 1))    # [C]
-    model.projection.bias -= model.projection.weight @ mean_pooled
+    pooled: list[torch.Tensor] = []
+    handle = model.projection.register_forward_pre_hook(lambda module, inputs: pooled.append(inputs[0]))
+    try:
+        model.train()(images)
+    finally:
+        handle.remove()
+    mean_pooled = pooled[0].reshape(-1, pooled[0].shape[-1]).mean(dim=0)
+    model.projection.bias.copy_(-(model.projection.weight @ mean_pooled))
 
 
 def evaluate_student(model: SpikformerStudent, task) -> dict[str, float]:
@@ -183,6 +190,8 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     for key, reason in terms.disabled.items():
         log(f"note: distill.{key} requested but {reason}")
     teacher_info["metrics"] = task.teacher_metrics()
+    if isinstance(teacher, AnnTeacher):
+        teacher_info["energy"] = ann_energy_of(teacher.model, task.energy_images(32))
 
     generator = seed_everything(run["seed"], run["threads"])
     modules = _build_modules(config, student_config, task, terms, teacher.embed_dim if teacher else 0)
@@ -228,8 +237,6 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
         atomic_write_bytes(out_dir / "metrics.jsonl", lines.encode())
         log(f"student epoch {epoch + 1}/{epochs}: {task.metric} {metrics[task.metric]:.1f}% "
             f"eval spike rate {metrics['eval_spike_rate']:.3f} ({train_seconds:.0f} s)")
-    if not records:
-        raise InputError("training: no epoch ran (optim.epochs is 0?)")
     student.eval()
     summary = {
         "task": config["task"],
