@@ -186,3 +186,37 @@ def test_nordland_end_to_end(tmp_path):
     assert metrics["num_queries"] == metrics["num_references"] == 1892
     assert metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"] <= metrics["recall@20"]
     assert (tmp_path / "out" / "pr_curve.png").is_file()
+
+
+def write_poses(path: Path, count: int, spacing: float, offset: float = 0.0, skip: int | None = None) -> Path:
+    rows = ["source,x,y,z"] + [f"images-{i * 10:05d}.png,{i * spacing + offset},0,0"
+                               for i in range(count) if i != skip]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_poses_reach_the_map_and_metric_ground_truth(workspace, tmp_path, capsys):
+    root, checkpoint, reference, query = workspace
+    reference_poses = write_poses(tmp_path / "reference.csv", 24, spacing=5.0)
+    assert main(["build-map", "--images", str(reference), "--checkpoint", str(checkpoint), "--out",
+                 str(tmp_path / "map"), "--poses", str(reference_poses)]) == 0
+    place_map = PlaceMap.load(tmp_path / "map")
+    assert place_map.has_poses and place_map.places[2].pose == [10.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    query_poses = write_poses(tmp_path / "query.csv", 24, spacing=5.0, offset=1.0)
+    args = ["evaluate", "--map", str(tmp_path / "map"), "--query", str(query), "--checkpoint", str(checkpoint),
+            "--query-poses", str(query_poses), "--out"]
+    assert main(args + [str(tmp_path / "near"), "--radius", "2"]) == 0
+    assert main(args + [str(tmp_path / "far"), "--radius", "100"]) == 0
+    near = json.loads((tmp_path / "near" / "metrics.json").read_text())
+    far = json.loads((tmp_path / "far" / "metrics.json").read_text())
+    assert near["radius"] == 2 and far["recall@1"] == 100.0  # every reference lies within 100 m
+    assert near["recall@1"] < far["recall@1"]
+
+
+def test_poses_must_cover_every_frame(workspace, tmp_path, capsys):
+    _, checkpoint, reference, _ = workspace
+    poses = write_poses(tmp_path / "poses.csv", 24, spacing=1.0, skip=5)
+    code, err = run_cli(["build-map", "--images", reference, "--checkpoint", checkpoint, "--out",
+                         tmp_path / "map", "--poses", poses], capsys)
+    assert code == 2 and "no pose for 1 of 24 frames (first: 'images-00050.png')" in one_error_line(err)
+    assert not (tmp_path / "map").exists()

@@ -41,12 +41,14 @@ def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
 
 def cmd_build_map(args: argparse.Namespace) -> int:
     from .offline import build_map, open_checked_sequence
+    from .poses import poses_for, read_poses
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "map")
     sequence = open_checked_sequence(args.images, args.topic)
+    poses = poses_for(sequence.frames, read_poses(args.poses), args.poses) if args.poses else None
     encoder = _encoder(args)
-    place_map = build_map(encoder, sequence, args.index)
+    place_map = build_map(encoder, sequence, args.index, poses=poses)
     place_map.save(out)
     print(f"map: {len(place_map)} places, dim {place_map.dim}, index {args.index}, "
           f"model {encoder.fingerprint[:12]} -> {out}")
@@ -57,19 +59,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .offline import (build_map, evaluate_against_map, open_checked_sequence,
                           require_enough_references, write_evaluation)
     from .place_map import PlaceMap
+    from .poses import poses_for, read_poses
 
     if args.tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {args.tolerance}")
+    if args.radius is not None and (args.radius < 0 or not args.query_poses):
+        raise InputError("--radius must be >= 0 metres and needs --query-poses")
     query = open_checked_sequence(args.query, args.query_topic)
+    query_poses = (poses_for(query.frames, read_poses(args.query_poses), args.query_poses)
+                   if args.query_poses else None)
     reference = open_checked_sequence(args.reference, args.reference_topic) if args.reference else None
+    reference_poses = None
     if reference is not None:
         require_enough_references(len(reference))
+        if args.reference_poses:
+            reference_poses = poses_for(reference.frames, read_poses(args.reference_poses), args.reference_poses)
     encoder = _encoder(args)
     if reference is None:
         place_map = PlaceMap.load(args.map, expected_fingerprint=encoder.fingerprint, expected_dim=encoder.dim)
     else:
-        place_map = build_map(encoder, reference, args.index)
-    result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length)
+        place_map = build_map(encoder, reference, args.index, poses=reference_poses)
+    result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length,
+                                  radius=args.radius, query_poses=query_poses)
     title = (f"{Path(args.query).name} vs {Path(args.reference or args.map).name}, "
              f"±{args.tolerance} frames, L={args.sequence_length}")
     write_evaluation(result, args.out, title)
@@ -143,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--topic", default=None, help="image topic when --images is a bag with several")
     build.add_argument("--out", required=True, help="map directory to write")
     build.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")
+    build.add_argument("--poses", default=None,
+                       help="CSV of per-image poses (columns source,x,y[,z,qx,qy,qz,qw]); the node then publishes ~/pose")
     build.add_argument("--overwrite", action="store_true", help="replace an existing map directory")
     _add_model_options(build)
     build.set_defaults(func=cmd_build_map)
@@ -159,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tolerance", type=int, default=10,
                           help="a reference within this many frame numbers is correct (default 10: "
                                "±1 place on Nordland64)")
+    evaluate.add_argument("--radius", type=float, default=None,
+                          help="metric ground truth instead of frames: a reference within this many metres "
+                               "is correct (needs --query-poses and reference poses)")
+    evaluate.add_argument("--query-poses", default=None, help="CSV of query poses (see build-map --poses)")
+    evaluate.add_argument("--reference-poses", default=None, help="CSV of reference poses (with --reference)")
     evaluate.add_argument("--sequence-length", type=_positive_int, default=1,
                           help="SeqSLAM-style sequence matching over the last L frames (default 1: single frame)")
     evaluate.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")

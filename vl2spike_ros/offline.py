@@ -10,7 +10,8 @@ import numpy as np
 from .datasets import ImageFolderSequence, ImageSequence, open_sequence
 from .encoder import DescriptorEncoder
 from .errors import InputError
-from .evaluation import RECALL_KS, evaluate_rankings, frame_tolerance_positives, plot_pr_curve, pr_curve
+from .evaluation import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
+                         plot_pr_curve, pr_curve)
 from .io_utils import write_json_atomic
 from .localizer import Localizer
 from .place_map import Place, PlaceMap
@@ -31,16 +32,18 @@ def encode_sequence(encoder: DescriptorEncoder, sequence: ImageSequence, label: 
                           description=f"encoding {label}")
 
 
-def places_of(sequence: ImageSequence, first_id: int = 0) -> list[Place]:
-    return [Place(place_id=first_id + frame.index, source=frame.source, frame=frame.frame,
-                  stamp=frame.stamp) for frame in sequence.frames]
+def places_of(sequence: ImageSequence, poses: list[list[float]] | None = None) -> list[Place]:
+    return [Place(place_id=frame.index, source=frame.source, frame=frame.frame, stamp=frame.stamp,
+                  pose=poses[frame.index] if poses else None) for frame in sequence.frames]
 
 
 def build_map(encoder: DescriptorEncoder, sequence: ImageSequence, index_kind: str = "flat",
-              progress: bool = True) -> PlaceMap:
+              progress: bool = True, poses: list[list[float]] | None = None) -> PlaceMap:
+    """Encodes a reference traverse; `poses` (one per frame, see poses.py) make `~/pose` possible."""
+    places = places_of(sequence, poses)  # metadata first: bad poses fail before any encoding
     descriptors = encode_sequence(encoder, sequence, "reference", progress)
     place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
-    place_map.add(descriptors, places_of(sequence))
+    place_map.add(descriptors, places)
     return place_map
 
 
@@ -62,10 +65,16 @@ def require_enough_references(count: int) -> None:
 
 
 def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query: ImageSequence,
-                         tolerance: int, sequence_length: int = 1, progress: bool = True) -> EvaluationResult:
-    """Recall@K and PR curve of `query` against a map whose places carry frame numbers."""
+                         tolerance: int, sequence_length: int = 1, progress: bool = True,
+                         radius: float | None = None,
+                         query_poses: list[list[float]] | None = None) -> EvaluationResult:
+    """Recall@K and PR curve of `query` against a map. Ground truth: frame numbers within
+    `tolerance`, or, with `radius`, positions within `radius` metres (map poses vs `query_poses`)."""
     if tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {tolerance}")
+    if radius is not None and (query_poses is None or not place_map.has_poses):
+        raise InputError("--radius needs poses for the map places (build-map --poses or "
+                         "--reference-poses) and for the queries (--query-poses)")
     require_enough_references(len(place_map))
     query_descriptors = encode_sequence(encoder, query, "query", progress)
     localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length)
@@ -74,14 +83,18 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
     matching_ms = (time.perf_counter() - started) * 1000.0 / max(len(matches), 1)
     ranked_ids = np.array([match.place_ids for match in matches], dtype=np.int64)
     ranked_scores = np.array([match.scores for match in matches], dtype=np.float32)
-    positives = frame_tolerance_positives(
-        np.array([frame.frame for frame in query.frames]),
-        np.array([place.frame for place in place_map.places]), tolerance)
+    if radius is None:
+        positives = frame_tolerance_positives(
+            np.array([frame.frame for frame in query.frames]),
+            np.array([place.frame for place in place_map.places]), tolerance)
+    else:
+        positives = metric_radius_positives(np.array(query_poses)[:, :3],
+                                            np.array([place.pose for place in place_map.places])[:, :3], radius)
     metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives)
     top1 = ranked_ids[:, 0]
     top1_correct = (top1 >= 0) & positives[np.arange(len(top1)), np.maximum(top1, 0)]  # -1: no result
     precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.any(axis=1))
-    metrics.update(tolerance=tolerance, sequence_length=sequence_length,
+    metrics.update(tolerance=tolerance, radius=radius, sequence_length=sequence_length,
                    checkpoint_fingerprint=encoder.fingerprint, index=place_map.index_kind,
                    matching_ms_per_query=round(matching_ms, 4))
     return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores,
