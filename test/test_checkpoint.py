@@ -88,3 +88,21 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
         save_checkpoint(path, tiny_student(seed=1))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["student.safetensors"]
+
+
+def test_checkpoint_from_before_a_new_config_field_still_loads(tmp_path):
+    """Config fields added later take their defaults; the fingerprint stays that of the file."""
+    from vl2spike_ros.checkpoint import fingerprint_of
+
+    model = tiny_student()
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    old_config = {key: value for key, value in model.config.to_dict().items()
+                  if key not in ("pool_grid_rows", "pool_grid_cols")}
+    config_json = json.dumps(old_config, sort_keys=True)
+    metadata = {"format": "vl2spike-student", "format_version": "1", "config": config_json,
+                "provenance": "{}", "fingerprint": fingerprint_of(config_json, state)}
+    path = tmp_path / "old.safetensors"
+    save_file(state, str(path), metadata=metadata)
+    loaded, info = load_checkpoint(path)
+    assert info.fingerprint == metadata["fingerprint"]
+    assert info.config.pool_grid_rows == 1

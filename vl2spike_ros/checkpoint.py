@@ -32,9 +32,13 @@ class CheckpointInfo:
     provenance: dict
 
 
-def fingerprint_of(config: StudentConfig, state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the config JSON and every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(config.to_json().encode())
+def fingerprint_of(config_json: str, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the config JSON as stored and every tensor's name, dtype, shape and bytes.
+
+    The stored JSON, not a re-serialised config, so that a config field added later (with a
+    default) does not change the fingerprint of existing checkpoints and their maps.
+    """
+    digest = hashlib.sha256(config_json.encode())
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
@@ -60,11 +64,12 @@ def resolve_checkpoint_path(path: str | Path | None) -> Path:
 def save_checkpoint(path: str | Path, model: SpikformerStudent, provenance: dict | None = None) -> str:
     """Writes atomically; returns the fingerprint."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    fingerprint = fingerprint_of(model.config, state)
+    config_json = model.config.to_json()
+    fingerprint = fingerprint_of(config_json, state)
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(CHECKPOINT_FORMAT_VERSION),
-        "config": model.config.to_json(),
+        "config": config_json,
         "provenance": json.dumps(provenance or {}, sort_keys=True),
         "fingerprint": fingerprint,
     }
@@ -98,7 +103,7 @@ def read_checkpoint(path: str | Path | None) -> tuple[CheckpointInfo, dict[str, 
         raise InputError(f"checkpoint {path}: config metadata unreadable ({error})") from None
     except InputError as error:
         raise InputError(f"checkpoint {path}: {error}") from None
-    fingerprint = fingerprint_of(config, state)
+    fingerprint = fingerprint_of(metadata["config"], state)
     if fingerprint != metadata.get("fingerprint"):
         raise InputError(f"checkpoint {path}: contents do not match its recorded fingerprint "
                          "(modified or corrupted file)")
