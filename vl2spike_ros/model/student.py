@@ -150,7 +150,8 @@ class SpikformerStudent(nn.Module):
         """images: float [B, C, H, W] in [0, 1] at the configured size."""
         x = self._prepare(images, return_membrane)
         first = self.first_stage(x.unsqueeze(0))  # one timestep's worth of real-valued work
-        first = first.expand(self.config.timesteps, *first.shape[1:])
+        # Materialised: the LIF and convolutions after it run markedly slower on an expanded view.
+        first = first.expand(self.config.timesteps, *first.shape[1:]).contiguous()
         return self._head(self._stem_after_first_stage(first), [] if return_membrane else None)
 
     def forward_naive(self, images: torch.Tensor) -> StudentOutput:
