@@ -11,7 +11,7 @@ import pytest
 import test_node_support as support  # loopback ROS environment before rclpy starts
 from vl2spike_ros.bags import BagSequence
 from vl2spike_ros.datasets import ImageFolderSequence
-from vl2spike_ros.replay import main as replay_main
+from vl2spike_ros.cli import main as replay_main
 
 FRAMES = (100, 110, 120, 130, 140, 150)
 
@@ -60,7 +60,7 @@ def test_play_publishes_the_bag_at_the_chosen_rate(folder, tmp_path):
     probe = support.Probe("replay_probe")
     try:
         received = probe.collect(Image, "/replay_test/image", lambda m: (time.monotonic(), m))
-        command = [sys.executable, "-m", "vl2spike_ros.replay", "play", str(bag), "--to",
+        command = [sys.executable, "-m", "vl2spike_ros.cli", "play", str(bag), "--to",
                    "/replay_test/image", "--rate", "20", "--wait-subscribers", "1", "--wait-timeout", "60"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                                 env={**__import__("os").environ, **support.ROS_ENV})

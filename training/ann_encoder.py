@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.io_utils import atomic_path
+from vl2spike_ros.tensor_files import read_safetensors
 from vl2spike_ros.model.student import GeneralizedMeanPool, InputNormalization
 
 ANN_FORMAT = "vl2spike-ann-encoder"
@@ -98,13 +98,7 @@ def load_ann_encoder(path: str | Path) -> tuple[nn.Module, dict, str, dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"ANN teacher {path}: no such file (expected a {ANN_FORMAT} safetensors file)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises several types for foreign or truncated files
-        raise InputError(f"ANN teacher {path}: unreadable ({type(error).__name__}); "
-                         f"expected a {ANN_FORMAT} safetensors file") from None
+    state, metadata = read_safetensors(path, "ANN teacher", f"expected a {ANN_FORMAT} safetensors file")
     if metadata.get("format") != ANN_FORMAT:
         raise InputError(f"ANN teacher {path}: format {metadata.get('format')!r}; expected {ANN_FORMAT!r}")
     config = json.loads(metadata["config"])

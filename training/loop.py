@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.io_utils import atomic_path
+from vl2spike_ros.tensor_files import read_safetensors
 
 STATE_FORMAT = "vl2spike-training-state"
 
@@ -76,13 +76,7 @@ def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
 def load_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                digest: str) -> tuple[int, list[dict]]:
     """Restores a state written by save_state for the same config; returns (epochs done, records)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises several types for foreign or truncated files
-        raise InputError(f"training state {path}: unreadable ({type(error).__name__}); delete it "
-                         "or set run.resume=false") from None
+    tensors, metadata = read_safetensors(path, "training state", "delete it or set run.resume=false")
     if metadata.get("format") != STATE_FORMAT:
         raise InputError(f"training state {path}: not a {STATE_FORMAT} file")
     if metadata.get("config_digest") != digest:

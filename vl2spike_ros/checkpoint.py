@@ -12,12 +12,12 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import InputError
 from .io_utils import atomic_path
 from .model import SpikformerStudent, StudentConfig
+from .tensor_files import read_safetensors
 
 CHECKPOINT_FORMAT = "vl2spike-student"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -84,13 +84,7 @@ def read_checkpoint(path: str | Path | None) -> tuple[CheckpointInfo, dict[str, 
     if not path.is_file():
         raise InputError(f"checkpoint {path}: no such file")
     expected = f"a {CHECKPOINT_FORMAT} safetensors file written by vl2spike"
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises several types for truncated or foreign files
-        raise InputError(f"checkpoint {path}: unreadable ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no detail'}); expected {expected}") from None
+    state, metadata = read_safetensors(path, "checkpoint", f"expected {expected}")
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"checkpoint {path}: format {metadata.get('format')!r}; expected {expected}")
     if metadata.get("format_version") != str(CHECKPOINT_FORMAT_VERSION):

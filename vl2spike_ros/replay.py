@@ -244,22 +244,3 @@ def add_replay_commands(subparsers: argparse._SubParsersAction) -> None:
     play.add_argument("--wait-timeout", type=_positive_float, default=30.0,
                       help="seconds to wait for --wait-subscribers (default 30)")
     play.set_defaults(func=cmd_play)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vl2spike_ros.replay make-bag|play ...` (the same as `vl2spike make-bag|play`)."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="vl2spike")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_replay_commands(commands)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as error:
-        print(f"vl2spike {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
