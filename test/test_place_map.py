@@ -284,3 +284,17 @@ def test_killed_save_leaves_a_whole_map(crash_point, survivor_seed, tmp_path):
     built_map("flat", seed=3).save(target)
     np.testing.assert_array_equal(PlaceMap.load(target).descriptors, built_map("flat", seed=3).descriptors)
     assert [p.name for p in tmp_path.iterdir()] == ["map"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Not mkstemp's 0600: a node running as another user reads maps written by the CLI."""
+    import stat
+
+    from vl2spike_ros.io_utils import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "file.bin", b"x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "file.bin").stat().st_mode) == 0o644

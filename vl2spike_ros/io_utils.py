@@ -38,6 +38,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(descriptor)
     temporary = Path(temporary_name)
+    # mkstemp creates 0600; a map or checkpoint should get the permissions any new file gets
+    # (a node running as another user must be able to read it).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         fsync_path(temporary)

@@ -1,0 +1,27 @@
+"""The student the package ships: it loads by default, carries its provenance, and serves the CLI."""
+import json
+
+from vl2spike_ros.checkpoint import default_checkpoint_path
+from vl2spike_ros.cli import main
+from vl2spike_ros.demo import run as run_demo
+from vl2spike_ros.encoder import DescriptorEncoder
+from vl2spike_ros.place_map import PlaceMap
+
+
+def test_shipped_model_loads_by_default_with_its_provenance():
+    encoder = DescriptorEncoder()
+    assert encoder.info.path == default_checkpoint_path()
+    sidecar = json.loads(default_checkpoint_path().with_suffix(".json").read_text())
+    assert sidecar["fingerprint"] == encoder.fingerprint
+    assert sidecar["provenance"]["command"][:2] == ["vl2spike-train", "train"]
+    assert encoder.info.provenance["final"] == sidecar["metrics"]
+    assert default_checkpoint_path().stat().st_size < 20_000_000
+
+
+def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
+    metrics = run_demo(None, tmp_path / "demo", None, tolerance=10, live=False)
+    assert metrics["num_queries"] == metrics["num_references"] == 179
+    assert 0.0 <= metrics["recall@1"] <= metrics["recall@5"] <= 100.0
+    reference = tmp_path / "demo" / "route" / "reference"
+    assert main(["build-map", "--images", str(reference), "--out", str(tmp_path / "map")]) == 0
+    assert PlaceMap.load(tmp_path / "map").fingerprint == DescriptorEncoder().fingerprint
