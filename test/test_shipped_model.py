@@ -25,3 +25,16 @@ def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
     reference = tmp_path / "demo" / "route" / "reference"
     assert main(["build-map", "--images", str(reference), "--out", str(tmp_path / "map")]) == 0
     assert PlaceMap.load(tmp_path / "map").fingerprint == DescriptorEncoder().fingerprint
+
+
+def test_live_demo_runs_the_shipped_model_in_the_node(tmp_path):
+    from vl2spike_ros.demo_data import write_demo_route
+    from vl2spike_ros.live_demo import run_live_demo
+    from vl2spike_ros.offline import build_map, open_checked_sequence
+
+    reference, query = write_demo_route(tmp_path / "route")
+    build_map(DescriptorEncoder(), open_checked_sequence(reference), progress=False).save(tmp_path / "map")
+    result = run_live_demo(None, tmp_path / "map", query, work_dir=tmp_path / "live", max_queries=20,
+                           progress=False)
+    assert result["num_queries"] == 20 and result["answered"] + result["dropped"] == 20
+    assert result["answered"] > 0

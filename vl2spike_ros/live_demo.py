@@ -120,8 +120,10 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     env_updates = ros_environment(work_dir)
     os.environ.update(env_updates)
     top_k = min(max(RECALL_KS), len(place_map))
-    ros_args = ["-r", f"__ns:={DEMO_NAMESPACE}",
-                "-p", f"model_path:={checkpoint or ''}", "-p", f"map_path:={Path(map_dir).resolve()}",
+    # No model_path at all for the shipped model: rcl refuses an empty `-p name:=` override.
+    model_args = ["-p", f"model_path:={Path(checkpoint).resolve()}"] if checkpoint else []
+    ros_args = ["-r", f"__ns:={DEMO_NAMESPACE}", *model_args,
+                "-p", f"map_path:={Path(map_dir).resolve()}",
                 "-p", f"top_k:={top_k}", "-p", f"sequence_length:={sequence_length}",
                 "-p", f"transport:={transport}", "-p", f"num_threads:={num_threads}",
                 "-p", "publish_match_image:=false"]
