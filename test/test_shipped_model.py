@@ -28,13 +28,19 @@ def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
 
 
 def test_live_demo_runs_the_shipped_model_in_the_node(tmp_path):
+    import shutil
+
     from vl2spike_ros.demo_data import write_demo_route
     from vl2spike_ros.live_demo import run_live_demo
     from vl2spike_ros.offline import build_map, open_checked_sequence
 
     reference, query = write_demo_route(tmp_path / "route")
     build_map(DescriptorEncoder(), open_checked_sequence(reference), progress=False).save(tmp_path / "map")
-    result = run_live_demo(None, tmp_path / "map", query, work_dir=tmp_path / "live", max_queries=20,
-                           progress=False)
-    assert result["num_queries"] == 20 and result["answered"] + result["dropped"] == 20
-    assert result["answered"] > 0
+    for count in (12, 20):  # the same work_dir twice: the second traverse must not meet the first's bag
+        subset = tmp_path / f"query{count}"
+        subset.mkdir()
+        for image in sorted(query.iterdir())[:count]:
+            shutil.copy(image, subset / image.name)
+        result = run_live_demo(None, tmp_path / "map", subset, work_dir=tmp_path / "live", progress=False)
+        assert result["num_queries"] == count and result["answered"] + result["dropped"] == count
+        assert result["answered"] > 0

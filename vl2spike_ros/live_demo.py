@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,19 +95,18 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
         raise InputError(f"map {map_dir}: holds no places")
     reference_frames = [p.frame if p.frame is not None else p.place_id for p in place_map.places]
 
-    # 1. The query traverse as a bag (kept between runs: it depends only on the images).
+    # 1. The query traverse as a bag, written afresh every run: a bag kept from an earlier run could
+    #    hold another traverse (writing one costs seconds).
     if is_bag(query_dir):
         bag = Path(query_dir)
     else:
         bag = work_dir / f"query_{transport}.bag"
-        if not (bag / "metadata.yaml").is_file():
-            if bag.exists():
-                import shutil
-                shutil.rmtree(bag)
-            if progress:
-                print(f"live demo: writing the query traverse to {bag}", flush=True)
-            write_bag(open_sequence(query_dir), bag, compressed=transport == "compressed",
-                      compression="png", rate_hz=rate_hz)
+        if bag.exists():
+            shutil.rmtree(bag)
+        if progress:
+            print(f"live demo: writing the query traverse to {bag}", flush=True)
+        write_bag(open_sequence(query_dir), bag, compressed=transport == "compressed",
+                  compression="png", rate_hz=rate_hz)
     query_sequence = open_sequence(bag)
     frames = query_sequence.frames[:max_queries] if max_queries else query_sequence.frames
     _, msgtype, messages = bag_messages(bag)
