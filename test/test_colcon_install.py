@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 import test_node_support as support
@@ -60,11 +58,7 @@ def test_installed_layout(install):
 
 
 def test_installed_vpr_node_becomes_active(install, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        cv2.imwrite(str(images / f"images-{index:05d}.png"), rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    images = support.write_random_images(tmp_path / "images", 3)
     checkpoint = support.tiny_checkpoint(tmp_path / "tiny.safetensors")
     map_dir = support.build_test_map(checkpoint, images, tmp_path / "map")
     site_packages = next((install / "lib").glob("python3*/site-packages"))

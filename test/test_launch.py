@@ -42,7 +42,6 @@ if LAUNCH_TESTING_ERROR is None:
     import tempfile
     import unittest
 
-    import numpy as np
     from launch.actions import IncludeLaunchDescription
 
     import test_node_support as support
@@ -51,14 +50,8 @@ if LAUNCH_TESTING_ERROR is None:
 
     @pytest.mark.launch_test
     def generate_test_description():
-        import cv2
-
         work = Path(tempfile.mkdtemp(prefix="vl2spike_launch_test_"))
-        images = work / "images"
-        images.mkdir()
-        rng = np.random.default_rng(0)
-        for index in range(4):
-            cv2.imwrite(str(images / f"images-{index:05d}.png"), rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
+        images = support.write_random_images(work / "images", 4)
         checkpoint = support.tiny_checkpoint(work / "tiny.safetensors")
         map_dir = support.build_test_map(checkpoint, images, work / "map")
         include = IncludeLaunchDescription(

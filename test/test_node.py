@@ -112,11 +112,10 @@ def _wait_active(channel: Channel) -> None:
     channel.send(channel.probe_image, timeout_s=30.0)  # warm-up: discovery and the first inference
 
 
-@pytest.fixture(scope="module")
-def raw(assets, probe):
-    node = _start(assets, RAW_NS, "raw_node.log", map_path=assets["map"],
-                  reference_images=assets["reference"])
-    channel = Channel(probe, node, compressed=False)
+def _serve(assets, probe, namespace: str, log_name: str, compressed: bool, **params):
+    """Yields a channel to an active node; on teardown the node must exit cleanly."""
+    node = _start(assets, namespace, log_name, **params)
+    channel = Channel(probe, node, compressed=compressed)
     channel.probe_image = assets["images"][0]
     try:
         _wait_active(channel)
@@ -124,20 +123,19 @@ def raw(assets, probe):
     finally:
         code = node.stop()
         assert code == 0, f"vpr_node exited with {code}:\n{node.log()}"
+
+
+@pytest.fixture(scope="module")
+def raw(assets, probe):
+    yield from _serve(assets, probe, RAW_NS, "raw_node.log", compressed=False, map_path=assets["map"],
+                      reference_images=assets["reference"])
 
 
 @pytest.fixture(scope="module")
 def mapping(assets, probe):
-    node = _start(assets, MAP_NS, "map_node.log", map_path=assets["root"] / "new_map", mode="map",
-                  transport="compressed", novelty_threshold=0.9995)
-    channel = Channel(probe, node, compressed=True)
-    channel.probe_image = assets["images"][0]
-    try:
-        _wait_active(channel)
-        yield channel
-    finally:
-        code = node.stop()
-        assert code == 0, f"vpr_node exited with {code}:\n{node.log()}"
+    yield from _serve(assets, probe, MAP_NS, "map_node.log", compressed=True,
+                      map_path=assets["root"] / "new_map", mode="map", transport="compressed",
+                      novelty_threshold=0.9995)
 
 
 def test_matches_carry_the_query_stamp(raw, assets):

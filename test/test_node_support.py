@@ -52,6 +52,18 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_random_images(folder: Path, count: int) -> Path:
+    """`count` random 64x32 frames in the Nordland layout (a tiny traverse for node start-up tests)."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        cv2.imwrite(str(folder / f"images-{index:05d}.png"), rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    return folder
+
+
 def build_test_map(checkpoint: Path, images: Path, out: Path) -> Path:
     from vl2spike_ros.datasets import open_sequence
     from vl2spike_ros.encoder import DescriptorEncoder
