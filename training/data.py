@@ -10,22 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from vl2spike_ros.datasets import IMAGE_SUFFIXES, ImageFolderSequence
+from vl2spike_ros.encoder import resize_for_student
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.images import read_image
 from vl2spike_ros.model import StudentConfig
-
-
-def resize_for_student(image: np.ndarray, config: StudentConfig) -> np.ndarray:
-    """RGB uint8 of any size -> uint8 [H, W, C] at the student's size (the runtime's resize)."""
-    resized = cv2.resize(image, (config.image_width, config.image_height), interpolation=cv2.INTER_AREA)
-    if config.in_channels == 1:
-        resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
-    return resized
 
 
 def to_student_tensor(images: list[np.ndarray], config: StudentConfig) -> torch.Tensor:

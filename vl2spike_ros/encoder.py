@@ -12,6 +12,16 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint
 from .errors import InputError
 from .images import to_rgb
+from .model import StudentConfig
+
+
+def resize_for_student(rgb: np.ndarray, config: StudentConfig) -> np.ndarray:
+    """RGB uint8 of any size -> uint8 [H, W, C] at the student's input size; training uses it too,
+    so what the student learns on is what it sees at run time."""
+    resized = cv2.resize(rgb, (config.image_width, config.image_height), interpolation=cv2.INTER_AREA)
+    if config.in_channels == 1:
+        resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
+    return resized
 
 
 class DescriptorEncoder:
@@ -42,14 +52,7 @@ class DescriptorEncoder:
 
     def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
         """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> float [B, C, H, W] in [0, 1]."""
-        size = (self.config.image_width, self.config.image_height)
-        batch = []
-        for image in images:
-            rgb = to_rgb(np.asarray(image), encoding)
-            resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            if self.config.in_channels == 1:
-                resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
-            batch.append(resized)
+        batch = [resize_for_student(to_rgb(np.asarray(image), encoding), self.config) for image in images]
         array = np.stack(batch).astype(np.float32) / 255.0
         return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
