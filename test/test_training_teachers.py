@@ -8,7 +8,7 @@ from vl2spike_training.ann_encoder import build_ann_encoder, place_cnn_config, s
 from vl2spike_training.feature_cache import teacher_features
 from vl2spike_training.teachers import AnnTeacher, class_text_embeddings, load_teacher
 
-from training_fixtures import write_tiny_clip
+from training_fixtures import write_tiny_clip, write_tiny_siglip
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,17 @@ def test_hf_clip_embeds_images_and_texts(tiny_clip, images):
     text = class_text_embeddings(teacher, ["cat", "dog"], ["a photo of a {}.", "a {}."])
     assert text.shape == (2, 8)
     assert torch.allclose(text.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_hf_siglip_embeds_images_and_texts(tmp_path, images):
+    pytest.importorskip("transformers")
+    teacher = load_teacher(f"hf-siglip:{write_tiny_siglip(tmp_path)}")
+    embedded = teacher.embed_images(images)
+    assert embedded.shape == (5, teacher.embed_dim)
+    assert torch.allclose(embedded.norm(dim=1), torch.ones(5), atol=1e-5)
+    text = class_text_embeddings(teacher, ["cat", "dog"], ["a photo of a {}."])
+    assert text.shape == (2, teacher.embed_dim)
+    assert teacher.identity.startswith("hf-siglip:")
 
 
 def test_hf_directory_without_weights_is_one_clear_error(tiny_clip, tmp_path):

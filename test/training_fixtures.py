@@ -52,6 +52,30 @@ def write_tiny_clip(directory: Path) -> Path:
     return out
 
 
+def write_tiny_siglip(directory: Path) -> Path:
+    """A randomly initialised SiglipModel with the tiny CLIP's byte-level tokenizer beside it
+    (SigLIP's own tokenizer needs a SentencePiece model file, which no wheel here ships)."""
+    import shutil
+
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    clip = write_tiny_clip(directory / "clip_source")
+    out = directory / "siglip"
+    out.mkdir(parents=True)
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        shutil.copy(clip / name, out / name)
+    vocab_size = len(json.loads((clip.parent / "vocab.json").read_text()))
+    config = SiglipConfig(
+        text_config={"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16})
+    torch.manual_seed(0)
+    SiglipModel(config).save_pretrained(str(out))
+    return out
+
+
 def write_class_folders(root: Path, classes=("cat", "dog"), per_class: int = 6, size: int = 32) -> Path:
     """Classes told apart by colour, so a few steps can learn something."""
     rng = np.random.default_rng(0)
