@@ -118,7 +118,7 @@ def test_place_ablation_with_trained_cnn_teacher(tmp_path):
     summer, winter = write_traverses(tmp_path / "route", places=24)
     overrides = tiny_overrides(tmp_path / "ablation", **{
         "data.reference": str(summer), "data.query": str(winter), "data.block_size": 4,
-        "teacher.spec": "train-place-cnn", "teacher.cnn.widths": [4, 8], "teacher.cnn.strides": [2, 2],
+        "teacher.spec": "train-cnn", "teacher.cnn.widths": [4, 8], "teacher.cnn.strides": [2, 2],
         "teacher.cnn.epochs": 1, "teacher.cnn.batch_size": 8, "teacher.cnn.embed_dim": 8,
         "distill.align_weight": 1.0, "distill.temporal_weight": 0.5, "distill.prototype_weight": 1.0})
     report = run_ablation(load_config(None, overrides), log=lambda _: None)
@@ -128,6 +128,25 @@ def test_place_ablation_with_trained_cnn_teacher(tmp_path):
     assert report["teacher"]["energy"]["ann_energy_pj"] > 0
     for key in ("json", "markdown", "plot"):
         assert (tmp_path / "ablation" / f"report.{ {'json': 'json', 'markdown': 'md', 'plot': 'png'}[key]}").is_file()
+
+
+def test_classification_distils_from_a_trained_cnn_teacher(tmp_path):
+    """train-cnn on a classification task: the teacher (with its own classifier) learns the classes,
+    then the student is distilled from it."""
+    classes = write_class_folders(tmp_path / "classes", classes=("red", "green", "blue"), per_class=8)
+    overrides = tiny_overrides(tmp_path / "run", **{
+        "task": "classification", "data.train": str(classes), "data.val": str(classes),
+        "student.image_height": 32, "student.image_width": 32, "student.input_normalization": "standard",
+        "teacher.spec": "train-cnn", "teacher.cnn.widths": [8, 16], "teacher.cnn.strides": [2, 2],
+        "teacher.cnn.epochs": 8, "teacher.cnn.batch_size": 8, "teacher.cnn.embed_dim": 8,
+        "distill.align_weight": 1.0})
+    messages = []
+    summary = train_student(load_config(None, overrides), log=messages.append)
+    teacher_lines = [m for m in messages if m.startswith("teacher epoch 8/8")]
+    assert teacher_lines and "held-out accuracy 100.0%" in teacher_lines[0]  # colours are easy
+    assert (tmp_path / "run" / "teacher.safetensors").is_file()
+    assert summary["distillation"]["weights"]["align_weight"] == 1.0
+    assert 0.0 <= summary["final"]["accuracy"] <= 100.0
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

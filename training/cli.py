@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl2spike-train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train one student (and its teacher first when teacher.spec is "
-                                 "train-place-cnn); exports it when run.export is set"),
+                                 "train-cnn); exports it when run.export is set"),
                        ("ablate", "student alone, + SVS, + SVS + SPL on the same data, epochs and seed; "
                                   "writes report.json, report.md and report.png")):
         command = commands.add_parser(name, help=text, description=text)

@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "student": StudentConfig().to_dict(),
     "teacher": {
-        # none | hf-clip:DIR | hf-siglip:DIR | hf:DIR | open-clip:ARCH:FILE | ann:FILE | train-place-cnn
+        # none | hf-clip:DIR | hf-siglip:DIR | hf:DIR | open-clip:ARCH:FILE | ann:FILE | train-cnn
         "spec": "none",
         "feature_cache": "",      # directory (keyed files) or one cache file; "": <out_dir>/feature_cache
         "batch_size": 64,
@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         # place recognition has no class names: SPL uses these scene prompts as pseudo-classes
         # (each image takes the prompt its teacher embedding is closest to).
         "place_prompts": [],
-        "cnn": {                  # the ANN place teacher trained by `train-place-cnn`
+        "cnn": {                  # the ANN CNN teacher trained by `train-cnn`
             "widths": [32, 64, 128, 256],
             "strides": [2, 2, 2, 2],  # 32x64 in, 2x4 out
             "embed_dim": 256,

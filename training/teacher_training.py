@@ -1,5 +1,6 @@
-"""Trains the ANN place teacher (ann_encoder.PlaceCNN) with InfoNCE across seasons on the
-training places of the same split the student uses, so the teacher never sees held-out places."""
+"""Trains the ANN CNN teacher (ann_encoder) on the student's own task and training data: InfoNCE
+across seasons on the training places of the same split (places never seen by the teacher stay
+held out), or the cosine classifier's cross-entropy on the training images (classification)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,11 +8,12 @@ import json
 import time
 from pathlib import Path
 
+from torch import nn
 from tqdm import tqdm
 
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
-from .tasks import PlaceTask
+from .tasks import ClassificationTask, CosineClassifier, PlaceTask
 
 
 def teacher_digest(config: dict) -> str:
@@ -23,7 +25,7 @@ def teacher_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def train_place_cnn(config: dict, task: PlaceTask, out_path: Path, log=log_line) -> dict:
+def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_path: Path, log=log_line) -> dict:
     """Trains (or reuses, when `out_path` holds a teacher of the same digest) the CNN teacher.
     Returns its provenance (settings, split, held-out metrics, timing)."""
     digest = teacher_digest(config)
@@ -38,7 +40,12 @@ def train_place_cnn(config: dict, task: PlaceTask, out_path: Path, log=log_line)
     model = build_ann_encoder(place_cnn_config(
         settings["widths"], settings["strides"], settings["embed_dim"], student["image_height"], student["image_width"],
         student["in_channels"], student["input_normalization"], student["patch_norm_size"]))
-    optimizer = make_optimizer(model, settings["lr"], settings["weight_decay"])
+    trained = nn.ModuleList([model])
+    if isinstance(task, ClassificationTask):
+        # The teacher's own classifier, on its embedding size, learns with it (the student gets its own).
+        task.classifier = CosineClassifier(settings["embed_dim"], task.num_classes)
+        trained.append(task.classifier)
+    optimizer = make_optimizer(trained, settings["lr"], settings["weight_decay"])
     epochs = settings["epochs"]
     task.temperature = settings["temperature"]
     records = []
@@ -67,7 +74,7 @@ def train_place_cnn(config: dict, task: PlaceTask, out_path: Path, log=log_line)
                   "seconds": time.perf_counter() - epoch_started, **metrics}
         records.append(record)
         log(f"teacher epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f} "
-            f"held-out R@1 {metrics['recall@1']:.1f}% ({record['seconds']:.0f} s)")
+            f"held-out {task.metric} {metrics[task.metric]:.1f}% ({record['seconds']:.0f} s)")
     provenance = {"digest": digest, "settings": settings, "split": task.describe(),
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "train_seconds": time.perf_counter() - started, "metrics": records[-1], "epochs": records}

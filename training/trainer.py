@@ -2,7 +2,7 @@
 
 A run directory holds `state.safetensors` (resume point, rewritten atomically each epoch),
 `metrics.jsonl` (one record per epoch, including the eval-mode spike rate), `summary.json`, and,
-when teacher.spec is train-place-cnn, the trained `teacher.safetensors`.
+when teacher.spec is train-cnn, the trained `teacher.safetensors`.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membran
                      prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
                      temporal_warmup_weight, text_logit_kd)
 from .loop import learning_rate, load_state, log_line, make_optimizer, save_state, seed_everything
-from .tasks import PlaceTask, build_task
-from .teacher_training import train_place_cnn
+from .tasks import ClassificationTask, PlaceTask, build_task
+from .teacher_training import train_cnn_teacher
 from .teachers import AnnTeacher, load_teacher
 
-TRAIN_CNN = "train-place-cnn"
+TRAIN_CNN = "train-cnn"
 
 
 def resolve_teacher(config: dict, out_dir: Path, log) -> tuple[object | None, dict, object | None]:
@@ -39,13 +39,16 @@ def resolve_teacher(config: dict, out_dir: Path, log) -> tuple[object | None, di
     if spec in ("", "none"):
         return None, {"spec": "none"}, None
     if spec == TRAIN_CNN:
-        if config["task"] != "place":
-            raise InputError(f"teacher.spec={TRAIN_CNN} trains a place teacher; it needs task: place")
         student = StudentConfig.from_dict(config["student"])
-        traverses = load_place_traverses(config["data"]["reference"], config["data"]["query"], student,
-                                         config["data"]["max_places"])
         path = out_dir / "teacher.safetensors"
-        provenance = train_place_cnn(config, PlaceTask(config, student, None, "", traverses), path, log)
+        if config["task"] == "place":
+            traverses = load_place_traverses(config["data"]["reference"], config["data"]["query"], student,
+                                             config["data"]["max_places"])
+            task = PlaceTask(config, student, None, "", traverses)
+        else:
+            traverses = None
+            task = ClassificationTask(config, student, None, "")
+        provenance = train_cnn_teacher(config, task, path, log)
         teacher = AnnTeacher(path)
         return teacher, {"spec": spec, "path": str(path), "identity": teacher.identity,
                          "description": teacher.description, "training": provenance}, traverses
