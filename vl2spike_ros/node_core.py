@@ -219,7 +219,7 @@ def place_metadata(place_map: PlaceMap, place_id: int | None) -> dict[str, Any] 
 
 def match_json(match: Match, sec: int, nanosec: int, frame_id: str, mode: str,
                place_map: PlaceMap) -> dict[str, Any]:
-    """The `~/match` message body (schema in docs/ros2.md)."""
+    """The `~/match` message body (schema in the README, section ROS 2)."""
     best = place_metadata(place_map, match.best_place_id)
     return {
         "schema_version": MATCH_SCHEMA_VERSION,
