@@ -93,21 +93,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    import tempfile
-
     from .energy import estimate_energy
     from .offline import open_checked_sequence
 
     encoder = _encoder(args)
     if args.images:
         sequence = open_checked_sequence(args.images, args.topic)
+        frames = [sequence.read(i) for i in range(min(len(sequence), args.frames))]
     else:
-        from .demo_data import write_demo_route
+        from .demo_data import build_demo_route
 
-        route_dir = Path(tempfile.mkdtemp(prefix="vl2spike-energy-"))
-        sequence = open_checked_sequence(write_demo_route(route_dir)[0])
-    count = min(len(sequence), args.frames)
-    images = encoder.preprocess([sequence.read(i) for i in range(count)]).to(encoder.device)
+        frames = build_demo_route()[0][:args.frames]  # reference frames, in memory: nothing on disk
+    count = len(frames)
+    images = encoder.preprocess(frames).to(encoder.device)
     report = estimate_energy(encoder.model, images)
     if args.json:
         print(json.dumps({**report.to_dict(), "checkpoint_fingerprint": encoder.fingerprint}, indent=2))

@@ -467,11 +467,15 @@ def _readable_map_directory(target: Path) -> Path:
     raise InputError(f"map {target} does not exist or is not a directory")
 
 
-def _read_map_metadata(target: Path, path: Path) -> dict[str, Any]:
+def _read_json(target: Path, path: Path) -> Any:
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"map {target}: cannot read map.json: {error}") from error
+        raise InputError(f"map {target}: cannot read {path.name}: {error}") from error
+
+
+def _read_map_metadata(target: Path, path: Path) -> dict[str, Any]:
+    metadata = _read_json(target, path)
     if not isinstance(metadata, dict):
         raise InputError(f"map {target}: map.json must hold a JSON object")
     version = metadata.get("format_version")
@@ -533,10 +537,7 @@ def _read_descriptors(target: Path, path: Path, count: int, dim: int) -> np.ndar
 
 
 def _read_places(target: Path, path: Path, count: int) -> list[Place]:
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"map {target}: cannot read {path.name}: {error}") from error
+    entries = _read_json(target, path)
     if not isinstance(entries, list):
         raise InputError(f"map {target}: {path.name} must hold a JSON list")
     if len(entries) != count:
