@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from .datasets import ImageFolderSequence, ImageSequence, open_sequence
 from .encoder import DescriptorEncoder
 from .errors import InputError
@@ -15,6 +16,7 @@ from .evaluation import (RECALL_KS, evaluate_rankings, frame_tolerance_positives
 from .io_utils import write_json_atomic
 from .localizer import Localizer
 from .place_map import Place, PlaceMap
+
 
 def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
     """Opens a folder or bag and refuses mixed image sizes before any work is done."""
