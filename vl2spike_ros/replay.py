@@ -17,6 +17,7 @@ from typing import Any
 from .errors import InputError
 
 DEFAULT_PLAY_TOPIC = "image"
+ACK_TIMEOUT_S = 5.0  # how long `play` waits for subscribers to acknowledge its last messages
 
 
 def _positive_float(text: str) -> float:
@@ -132,6 +133,7 @@ def play_bag(node: Any, bag: str | Path, out_topic: str = DEFAULT_PLAY_TOPIC, to
     `on_publish(message, monotonic_time)` is called after each publish (the live demo uses it).
     `publisher`: an existing publisher of the bag's message type to use (kept), instead of a new one.
     """
+    from rclpy.duration import Duration
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     if rate_hz < 0:
@@ -172,6 +174,9 @@ def play_bag(node: Any, bag: str | Path, out_topic: str = DEFAULT_PLAY_TOPIC, to
                     print(f"play: {published} images published on {publisher.topic_name}", flush=True)
             if not loop:
                 break
+        if own_publisher:
+            # Reliable delivery of the last messages before the publisher goes away.
+            publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S))
         return published
     finally:
         if own_publisher:
@@ -191,8 +196,6 @@ def cmd_play(args: argparse.Namespace) -> int:
         count = play_bag(node, args.bag, out_topic=args.to, topic=args.topic, rate_hz=args.rate,
                          restamp=args.restamp, loop=args.loop, wait_subscribers=args.wait_subscribers,
                          wait_timeout_s=args.wait_timeout, progress=True)
-        # Give the middleware a moment to deliver the last (reliable) messages before tearing down.
-        time.sleep(0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         print("play: interrupted")
         return 130
