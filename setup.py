@@ -11,6 +11,11 @@ setup(
     packages=[
         PACKAGE,
         f"{PACKAGE}.model",
+        f"{PACKAGE}.core",
+        f"{PACKAGE}.sources",
+        f"{PACKAGE}.evaluation",
+        f"{PACKAGE}.ros",
+        f"{PACKAGE}.demo",
         "vl2spike_training",
     ],
     # training/ is the offline side: importable as vl2spike_training, never imported by the runtime.
@@ -59,7 +64,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vl2spike = vl2spike_ros.cli:main",
-            "vpr_node = vl2spike_ros.node:main",
+            "vpr_node = vl2spike_ros.ros.node:main",
             "vl2spike-train = vl2spike_training.cli:main",
         ],
     },

@@ -37,9 +37,9 @@ def main() -> None:
 
     import faiss
 
-    from vl2spike_ros.encoder import DescriptorEncoder
-    from vl2spike_ros.place_map import PlaceMap
-    from vl2spike_ros.sequence import SequenceMatcher
+    from vl2spike_ros.core.encoder import DescriptorEncoder
+    from vl2spike_ros.core.place_map import PlaceMap
+    from vl2spike_ros.core.sequence import SequenceMatcher
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)

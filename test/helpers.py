@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import torch
 
-from vl2spike_ros.checkpoint import save_checkpoint
+from vl2spike_ros.core.checkpoint import save_checkpoint
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
 TINY_CONFIG = dict(embed_dims=32, num_heads=2, depths=1, descriptor_dim=32, timesteps=2)

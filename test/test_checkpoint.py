@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import tiny_student, write_tiny_checkpoint
-from vl2spike_ros.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from vl2spike_ros.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from vl2spike_ros.errors import InputError
 
 
@@ -83,7 +83,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     def crash(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("vl2spike_ros.checkpoint.save_file", crash)
+    monkeypatch.setattr("vl2spike_ros.core.checkpoint.save_file", crash)
     with pytest.raises(OSError):
         save_checkpoint(path, tiny_student(seed=1))
     assert path.read_bytes() == before
@@ -92,7 +92,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_checkpoint_from_before_a_new_config_field_still_loads(tmp_path):
     """Config fields added later take their defaults; the fingerprint stays that of the file."""
-    from vl2spike_ros.checkpoint import fingerprint_of
+    from vl2spike_ros.core.checkpoint import fingerprint_of
 
     model = tiny_student()
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}

@@ -12,7 +12,7 @@ import pytest
 from conftest import NORDLAND, require_dir
 from helpers import photo, write_tiny_checkpoint
 from vl2spike_ros.cli import main
-from vl2spike_ros.place_map import PlaceMap
+from vl2spike_ros.core.place_map import PlaceMap
 
 VL2SPIKE = [sys.executable, "-m", "vl2spike_ros.cli"]
 NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass", "gravel")

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 
 from conftest import NORDLAND, require_dir
-from vl2spike_ros.datasets import Frame, ImageFolderSequence, open_sequence
+from vl2spike_ros.sources.image_folders import Frame, ImageFolderSequence, open_sequence
 from vl2spike_ros.errors import InputError
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vl2spike_ros.datasets import ImageFolderSequence
-from vl2spike_ros.demo_data import build_demo_route, write_demo_route
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+from vl2spike_ros.demo.route import build_demo_route, write_demo_route
 from vl2spike_ros.errors import InputError
 
 

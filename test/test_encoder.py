@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import photo, write_tiny_checkpoint
-from vl2spike_ros.encoder import DescriptorEncoder
+from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
 
 

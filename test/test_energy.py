@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import photo, tiny_student
-from vl2spike_ros.energy import E_AC_PJ, E_MAC_PJ, EnergyReport, estimate_energy
+from vl2spike_ros.core.energy import E_AC_PJ, E_MAC_PJ, EnergyReport, estimate_energy
 
 H, W, C, HEADS, D = 32, 64, 32, 2, 16   # tiny config: 32x64 input, patch 4, 8x16 = 128 tokens
 N = (H // 4) * (W // 4)

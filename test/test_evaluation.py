@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.evaluation import (
+from vl2spike_ros.evaluation.metrics import (
     evaluate_rankings,
     frame_tolerance_positives,
     metric_radius_positives,
@@ -16,7 +16,7 @@ from vl2spike_ros.evaluation import (
     recall_at_100_precision,
     recall_at_k,
 )
-from vl2spike_ros.io_utils import atomic_path, atomic_write_bytes, write_json_atomic
+from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, write_json_atomic
 
 
 # --- ground truth ---------------------------------------------------------------------------------

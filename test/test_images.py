@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.images import SUPPORTED_ENCODINGS, decode_compressed, read_image, to_rgb
+from vl2spike_ros.core.images import SUPPORTED_ENCODINGS, decode_compressed, read_image, to_rgb
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from helpers import photo, write_tiny_checkpoint
-from vl2spike_ros.encoder import DescriptorEncoder
+from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.localizer import Localizer
-from vl2spike_ros.place_map import Place, PlaceMap
+from vl2spike_ros.core.localizer import Localizer
+from vl2spike_ros.core.place_map import Place, PlaceMap
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass")
 

@@ -24,10 +24,10 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from vl2spike_ros.datasets import ImageFolderSequence  # noqa: E402
-from vl2spike_ros.demo_data import write_demo_route  # noqa: E402
-from vl2spike_ros.place_map import PlaceMap  # noqa: E402
-from vl2spike_ros.ros_images import rgb_to_compressed, rgb_to_image  # noqa: E402
+from vl2spike_ros.sources.image_folders import ImageFolderSequence  # noqa: E402
+from vl2spike_ros.demo.route import write_demo_route  # noqa: E402
+from vl2spike_ros.core.place_map import PlaceMap  # noqa: E402
+from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image  # noqa: E402
 
 RAW_NS = "/vpr_test_raw"
 MAP_NS = "/vpr_test_map"

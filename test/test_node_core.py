@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from vl2spike_ros.localizer import Match
-from vl2spike_ros.node_core import (PARAMETERS, FrameSlot, NodeStats, check_parameter,
+from vl2spike_ros.core.localizer import Match
+from vl2spike_ros.ros.node_support import (PARAMETERS, FrameSlot, NodeStats, check_parameter,
                                     diagnostic_values, match_json, percentiles)
-from vl2spike_ros.place_map import Place, PlaceMap
+from vl2spike_ros.core.place_map import Place, PlaceMap
 
 
 def test_parameter_table_defaults_are_valid():

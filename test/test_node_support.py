@@ -31,7 +31,7 @@ def vpr_node_command() -> list[str]:
     script = Path(sys.executable).parent / "vpr_node"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "vl2spike_ros.node"]
+    return [sys.executable, "-m", "vl2spike_ros.ros.node"]
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -39,7 +39,7 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     that its neurons spike (with the default init an untrained student is silent)."""
     import torch
 
-    from vl2spike_ros.checkpoint import save_checkpoint
+    from vl2spike_ros.core.checkpoint import save_checkpoint
     from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
     torch.manual_seed(seed)
@@ -65,9 +65,9 @@ def write_random_images(folder: Path, count: int) -> Path:
 
 
 def build_test_map(checkpoint: Path, images: Path, out: Path) -> Path:
-    from vl2spike_ros.datasets import open_sequence
-    from vl2spike_ros.encoder import DescriptorEncoder
-    from vl2spike_ros.offline import build_map
+    from vl2spike_ros.sources.image_folders import open_sequence
+    from vl2spike_ros.core.encoder import DescriptorEncoder
+    from vl2spike_ros.evaluation.runner import build_map
 
     build_map(DescriptorEncoder(checkpoint), open_sequence(images), progress=False).save(out)
     return out
@@ -104,7 +104,7 @@ class NodeProcess:
         return False
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        from vl2spike_ros.live_demo import stop_process
+        from vl2spike_ros.demo.live import stop_process
 
         code = stop_process(self.process, timeout_s)
         self._log.close()

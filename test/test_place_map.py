@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.place_map import Place, PlaceMap
+from vl2spike_ros.core.place_map import Place, PlaceMap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = "a1b2c3d4e5f6a7b8c9d0" * 3
@@ -290,7 +290,7 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     """Not mkstemp's 0600: a node running as another user reads maps written by the CLI."""
     import stat
 
-    from vl2spike_ros.io_utils import atomic_write_bytes
+    from vl2spike_ros.core.atomic_files import atomic_write_bytes
 
     umask = os.umask(0o022)
     try:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import test_node_support as support  # loopback ROS environment before rclpy starts
-from vl2spike_ros.bags import BagSequence
-from vl2spike_ros.datasets import ImageFolderSequence
+from vl2spike_ros.sources.bags import BagSequence
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
 from vl2spike_ros.cli import main as replay_main
 
 FRAMES = (100, 110, 120, 130, 140, 150)
@@ -53,7 +53,7 @@ def test_play_publishes_the_bag_at_the_chosen_rate(folder, tmp_path):
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     from sensor_msgs.msg import Image
 
-    from vl2spike_ros.ros_images import image_to_rgb
+    from vl2spike_ros.ros.image_messages import image_to_rgb
 
     bag = tmp_path / "bag"
     assert replay_main(["make-bag", "--images", str(folder), "--out", str(bag)]) == 0

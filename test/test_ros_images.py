@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vl2spike_ros import ros_images
+from vl2spike_ros.ros import image_messages as ros_images
 from vl2spike_ros.errors import InputError
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs is not installed")
@@ -60,7 +60,7 @@ def test_mono16_scales_and_honours_byte_order(big_endian, pad):
 
 
 def test_rosbags_messages_convert_too():
-    from vl2spike_ros.bags import TYPESTORE
+    from vl2spike_ros.sources.bags import TYPESTORE
 
     types = TYPESTORE.types
     header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=1, nanosec=2),

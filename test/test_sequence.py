@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.sequence import SequenceMatcher, sequence_scores
+from vl2spike_ros.core.sequence import SequenceMatcher, sequence_scores
 
 # Queries 0..4 traverse references 0..4 (diagonal 0.9); query 3 alone prefers reference 4 (0.95).
 SIMILARITY = np.array(

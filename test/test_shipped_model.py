@@ -1,11 +1,11 @@
 """The student the package ships: it loads by default, carries its provenance, and serves the CLI."""
 import json
 
-from vl2spike_ros.checkpoint import default_checkpoint_path
+from vl2spike_ros.core.checkpoint import default_checkpoint_path
 from vl2spike_ros.cli import main
-from vl2spike_ros.demo import run as run_demo
-from vl2spike_ros.encoder import DescriptorEncoder
-from vl2spike_ros.place_map import PlaceMap
+from vl2spike_ros.demo.run import run as run_demo
+from vl2spike_ros.core.encoder import DescriptorEncoder
+from vl2spike_ros.core.place_map import PlaceMap
 
 
 def test_shipped_model_loads_by_default_with_its_provenance():
@@ -30,9 +30,9 @@ def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
 def test_live_demo_runs_the_shipped_model_in_the_node(tmp_path):
     import shutil
 
-    from vl2spike_ros.demo_data import write_demo_route
-    from vl2spike_ros.live_demo import run_live_demo
-    from vl2spike_ros.offline import build_map, open_checked_sequence
+    from vl2spike_ros.demo.route import write_demo_route
+    from vl2spike_ros.demo.live import run_live_demo
+    from vl2spike_ros.evaluation.runner import build_map, open_checked_sequence
 
     reference, query = write_demo_route(tmp_path / "route")
     build_map(DescriptorEncoder(), open_checked_sequence(reference), progress=False).save(tmp_path / "map")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import NORDLAND, require_dir
-from vl2spike_ros.checkpoint import load_checkpoint, save_checkpoint
-from vl2spike_ros.encoder import DescriptorEncoder
+from vl2spike_ros.core.checkpoint import load_checkpoint, save_checkpoint
+from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 from vl2spike_training.ablation import run_ablation

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
-from vl2spike_ros.io_utils import atomic_path, atomic_write_bytes, write_json_atomic  # noqa: E402
+from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, write_json_atomic  # noqa: E402
 
 from .loop import log_line  # noqa: E402
 from .trainer import TRAIN_CNN, resolve_teacher, train_student  # noqa: E402

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.io_utils import atomic_path
-from vl2spike_ros.tensor_files import read_safetensors
+from vl2spike_ros.core.atomic_files import atomic_path
+from vl2spike_ros.core.tensor_files import read_safetensors
 from vl2spike_ros.model.student import GeneralizedMeanPool, InputNormalization
 
 ANN_FORMAT = "vl2spike-ann-encoder"

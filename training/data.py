@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vl2spike_ros.datasets import IMAGE_SUFFIXES, ImageFolderSequence
-from vl2spike_ros.encoder import resize_for_student
+from vl2spike_ros.sources.image_folders import IMAGE_SUFFIXES, ImageFolderSequence
+from vl2spike_ros.core.encoder import resize_for_student
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.images import read_image
+from vl2spike_ros.core.images import read_image
 from vl2spike_ros.model import StudentConfig
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from spikingjelly.activation_based import neuron
 
-from vl2spike_ros.evaluation import frame_tolerance_positives, recall_at_k
+from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
 
 from .data import PlaceTraverses, as_float
 

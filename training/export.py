@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from vl2spike_ros.checkpoint import save_checkpoint
-from vl2spike_ros.io_utils import write_json_atomic
+from vl2spike_ros.core.checkpoint import save_checkpoint
+from vl2spike_ros.core.atomic_files import write_json_atomic
 from vl2spike_ros.model import SpikformerStudent
 
 
@@ -15,9 +15,9 @@ def energy_of(model: SpikformerStudent, images: torch.Tensor) -> dict:
     """Energy per frame (design §5) measured on `images`; the energy module is another part of
     the runtime, so a runtime without it yields a recorded reason instead of figures."""
     try:
-        from vl2spike_ros.energy import estimate_energy
+        from vl2spike_ros.core.energy import estimate_energy
     except ImportError as error:
-        return {"unavailable": f"vl2spike_ros.energy not importable ({error})"}
+        return {"unavailable": f"vl2spike_ros.core.energy not importable ({error})"}
     report = estimate_energy(model, images)
     return {"snn_energy_pj": report.snn_energy_pj, "ann_energy_pj": report.ann_energy_pj,
             "ratio": report.ratio, "frames": report.num_frames}

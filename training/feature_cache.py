@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.io_utils import atomic_path
+from vl2spike_ros.core.atomic_files import atomic_path
 
 from .teachers import Teacher
 

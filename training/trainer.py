@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.io_utils import atomic_write_bytes, write_json_atomic
+from vl2spike_ros.core.atomic_files import atomic_write_bytes, write_json_atomic
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
 from .config import config_digest

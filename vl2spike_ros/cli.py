@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InputError
-from .replay import add_replay_commands
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.ros.bag_tools import add_replay_commands
 
 INDEX_CHOICES = ("flat", "hnsw", "ivfpq")
 ENERGY_SAMPLE_FRAMES = 32
@@ -29,7 +29,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _encoder(args: argparse.Namespace):
-    from .encoder import DescriptorEncoder
+    from vl2spike_ros.core.encoder import DescriptorEncoder
 
     return DescriptorEncoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
 
@@ -40,8 +40,8 @@ def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
 
 
 def cmd_build_map(args: argparse.Namespace) -> int:
-    from .offline import build_map, open_checked_sequence
-    from .poses import poses_for, read_poses
+    from vl2spike_ros.evaluation.runner import build_map, open_checked_sequence
+    from vl2spike_ros.sources.poses import poses_for, read_poses
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "map")
@@ -56,10 +56,10 @@ def cmd_build_map(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .offline import (build_map, evaluate_against_map, open_checked_sequence,
+    from vl2spike_ros.evaluation.runner import (build_map, evaluate_against_map, open_checked_sequence,
                           require_enough_references, write_evaluation)
-    from .place_map import PlaceMap
-    from .poses import poses_for, read_poses
+    from vl2spike_ros.core.place_map import PlaceMap
+    from vl2spike_ros.sources.poses import poses_for, read_poses
 
     if args.tolerance < 0:
         raise InputError(f"--tolerance must be >= 0 frames, got {args.tolerance}")
@@ -93,15 +93,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    from .energy import estimate_energy
-    from .offline import open_checked_sequence
+    from vl2spike_ros.core.energy import estimate_energy
+    from vl2spike_ros.evaluation.runner import open_checked_sequence
 
     encoder = _encoder(args)
     if args.images:
         sequence = open_checked_sequence(args.images, args.topic)
         frames = [sequence.read(i) for i in range(min(len(sequence), args.frames))]
     else:
-        from .demo_data import build_demo_route
+        from vl2spike_ros.demo.route import build_demo_route
 
         frames = build_demo_route()[0][:args.frames]  # reference frames, in memory: nothing on disk
     count = len(frames)
@@ -118,8 +118,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
 def cmd_init_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .model import SpikformerStudent, StudentConfig
+    from vl2spike_ros.core.checkpoint import save_checkpoint
+    from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "checkpoint")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from vl2spike_ros.errors import InputError
 
 DEFAULT_PLAY_TOPIC = "image"
 ACK_TIMEOUT_S = 5.0  # how long `play` waits for subscribers to acknowledge its last messages
@@ -45,8 +45,8 @@ def make_bag(images: str | Path, out: str | Path, topic: str | None = None, stor
              compressed: bool = False, compression: str = "png", rate_hz: float = 10.0,
              frame_id: str = "camera", input_topic: str | None = None, progress: bool = False) -> Path:
     """An image folder (Nordland layout) or another bag -> a new rosbag2 keeping each frame's source."""
-    from .bags import write_bag
-    from .datasets import open_sequence
+    from vl2spike_ros.sources.bags import write_bag
+    from vl2spike_ros.sources.image_folders import open_sequence
 
     if not Path(images).exists():
         raise InputError(f"images {images}: no such folder or bag")
@@ -78,7 +78,7 @@ class BagMessage:
 
 def bag_messages(bag: str | Path, topic: str | None = None) -> tuple[str, str, Iterator[BagMessage]]:
     """(topic, msgtype, iterator over the image messages) of a bag's image topic, in recording order."""
-    from .bags import TYPESTORE, BagSequence, _open_reader
+    from vl2spike_ros.sources.bags import TYPESTORE, BagSequence, _open_reader
 
     sequence = BagSequence(bag, topic)  # validates the bag and chooses the image topic
     connection_id, msgtype = sequence.connection.id, sequence.connection.msgtype
@@ -96,7 +96,7 @@ def bag_messages(bag: str | Path, topic: str | None = None) -> tuple[str, str, I
 
 def restamped(message: BagMessage, stamp_ns: int) -> bytes:
     """The message's CDR bytes with header.stamp replaced."""
-    from .bags import TYPESTORE
+    from vl2spike_ros.sources.bags import TYPESTORE
 
     decoded = TYPESTORE.deserialize_cdr(message.rawdata, message.msgtype)
     decoded.header.stamp.sec, decoded.header.stamp.nanosec = divmod(stamp_ns, 10**9)

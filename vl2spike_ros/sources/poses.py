@@ -10,8 +10,8 @@ import csv
 import math
 from pathlib import Path
 
-from .datasets import Frame
-from .errors import InputError
+from vl2spike_ros.sources.image_folders import Frame
+from vl2spike_ros.errors import InputError
 
 REQUIRED = ("source", "x", "y")
 OPTIONAL_DEFAULTS = {"z": 0.0, "qx": 0.0, "qy": 0.0, "qz": 0.0, "qw": 1.0}

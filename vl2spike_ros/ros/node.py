@@ -37,9 +37,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from . import ros_images
-from .errors import InputError
-from .node_core import (PARAMETERS, PARAMETER_SPECS, FrameSlot, NodeStats, check_parameter,
+from vl2spike_ros.ros import image_messages as ros_images
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.ros.node_support import (PARAMETERS, PARAMETER_SPECS, FrameSlot, NodeStats, check_parameter,
                         diagnostic_values, match_json)
 
 NODE_NAME = "vpr_node"
@@ -152,7 +152,7 @@ class VprNode(LifecycleNode):
         try:
             import torch
 
-            from .localizer import Localizer
+            from vl2spike_ros.core.localizer import Localizer
 
             if settings["num_threads"] > 0:
                 torch.set_num_threads(settings["num_threads"])
@@ -290,7 +290,7 @@ class VprNode(LifecycleNode):
                 self.get_logger().debug(traceback.format_exc())
 
     def _process(self, message: Any) -> None:
-        from .place_map import Place
+        from vl2spike_ros.core.place_map import Place
 
         rgb = ros_images.message_to_rgb(message)
         stamp = message.header.stamp
@@ -347,7 +347,7 @@ class VprNode(LifecycleNode):
         for path in candidates:
             if path.is_file():
                 try:
-                    from .images import read_image
+                    from vl2spike_ros.core.images import read_image
 
                     return read_image(path)
                 except InputError:

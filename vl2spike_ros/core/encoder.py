@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
-from .errors import InputError
-from .images import to_rgb
-from .model import StudentConfig
+from vl2spike_ros.core.checkpoint import load_checkpoint
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.core.images import to_rgb
+from vl2spike_ros.model import StudentConfig
 
 
 def resize_for_student(rgb: np.ndarray, config: StudentConfig) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.images import read_image
+from vl2spike_ros.core.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
@@ -112,7 +112,7 @@ def open_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
     """Open a rosbag2 or an image folder, whichever `path` is; `topic` applies to bags only."""
     if is_bag(path):
         # Imported here because bags.py builds on Frame from this module.
-        from vl2spike_ros.bags import BagSequence
+        from vl2spike_ros.sources.bags import BagSequence
 
         return BagSequence(path, topic=topic)
     if topic is not None:

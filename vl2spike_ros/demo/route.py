@@ -19,7 +19,7 @@ import numpy as np
 import skimage.data
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.images import to_rgb
+from vl2spike_ros.core.images import to_rgb
 
 PHOTOS: dict[str, Callable[[], np.ndarray]] = {
     "astronaut": skimage.data.astronaut,

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from vl2spike_ros.errors import InputError
 
 TRAVERSE_PAIRS = (("summer", "winter"), ("reference", "query"))
 
@@ -27,11 +27,11 @@ def find_traverses(data: Path) -> tuple[Path, Path]:
 
 def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int, live: bool = True,
         rate_hz: float = 20.0) -> dict:
-    from .encoder import DescriptorEncoder
-    from .offline import build_map, evaluate_against_map, open_checked_sequence, write_evaluation
+    from vl2spike_ros.core.encoder import DescriptorEncoder
+    from vl2spike_ros.evaluation.runner import build_map, evaluate_against_map, open_checked_sequence, write_evaluation
 
     if data is None:
-        from .demo_data import write_demo_route
+        from vl2spike_ros.demo.route import write_demo_route
 
         reference_dir, query_dir = write_demo_route(out / "route")
         print(f"embedded demo route (scikit-image photographs): {reference_dir.parent}")
@@ -55,7 +55,7 @@ def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int, li
           f"PR plot: {out / 'offline' / 'pr_curve.png'}")
     if not live:
         return metrics
-    from .live_demo import format_summary, run_live_demo
+    from vl2spike_ros.demo.live import format_summary, run_live_demo
 
     live_metrics = run_live_demo(checkpoint, out / "map", query_dir, tolerance=tolerance,
                                  work_dir=out / "live", rate_hz=rate_hz)

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.io_utils import atomic_path
+from vl2spike_ros.core.atomic_files import atomic_path
 
 RECALL_KS = (1, 5, 10, 20)
 

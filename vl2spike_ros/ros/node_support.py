@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .localizer import MODES, Match
-from .place_map import PlaceMap
+from vl2spike_ros.core.localizer import MODES, Match
+from vl2spike_ros.core.place_map import PlaceMap
 
 TRANSPORTS = ("raw", "compressed")
 MATCH_SCHEMA_VERSION = 1

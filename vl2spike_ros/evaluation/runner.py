@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import ImageFolderSequence, ImageSequence, open_sequence
-from .encoder import DescriptorEncoder
-from .errors import InputError
-from .evaluation import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
+from vl2spike_ros.sources.image_folders import ImageFolderSequence, ImageSequence, open_sequence
+from vl2spike_ros.core.encoder import DescriptorEncoder
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.evaluation.metrics import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
                          plot_pr_curve, pr_curve)
-from .io_utils import write_json_atomic
-from .localizer import Localizer
-from .place_map import Place, PlaceMap
+from vl2spike_ros.core.atomic_files import write_json_atomic
+from vl2spike_ros.core.localizer import Localizer
+from vl2spike_ros.core.place_map import Place, PlaceMap
 
 
 def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:

@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .images import ENCODINGS, SUPPORTED_ENCODINGS, decode_compressed, to_rgb
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.core.images import ENCODINGS, SUPPORTED_ENCODINGS, decode_compressed, to_rgb
 
 try:  # ROS 2 cv_bridge (apt: ros-<distro>-cv-bridge). The PyPI `cv-bridge` is a ROS 1 port: see below.
     from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .node_core import percentiles
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.ros.node_support import percentiles
 
 DEMO_NAMESPACE = "/vl2spike_demo"
 RECALL_KS = (1, 5, 10)
@@ -41,11 +41,11 @@ def ros_environment(work_dir: str | Path, domain_id: int | None = None) -> dict[
 
 
 def node_command(ros_args: list[str]) -> list[str]:
-    """The installed console script `vpr_node` beside this Python, else `python -m vl2spike_ros.node`."""
+    """The installed console script `vpr_node` beside this Python, else `python -m vl2spike_ros.ros.node`."""
     script = Path(sys.executable).parent / "vpr_node"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script), "--ros-args", *ros_args]
-    return [sys.executable, "-m", "vl2spike_ros.node", "--ros-args", *ros_args]
+    return [sys.executable, "-m", "vl2spike_ros.ros.node", "--ros-args", *ros_args]
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -78,11 +78,11 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     `recall@10` (percent), `num_queries`, `answered`, `dropped`, `invalid`,
     `latency_ms` and `end_to_end_ms` (each {p50, p90, p99}), `rate_hz` and the paths used.
     """
-    from .bags import write_bag
-    from .datasets import is_bag, open_sequence
-    from .evaluation import frame_tolerance_positives, recall_at_k
-    from .place_map import PlaceMap
-    from .replay import bag_messages, play_bag
+    from vl2spike_ros.sources.bags import write_bag
+    from vl2spike_ros.sources.image_folders import is_bag, open_sequence
+    from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
+    from vl2spike_ros.core.place_map import PlaceMap
+    from vl2spike_ros.ros.bag_tools import bag_messages, play_bag
 
     if transport not in ("raw", "compressed"):
         raise InputError(f"transport {transport!r}: expected raw or compressed")
@@ -172,7 +172,7 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     try:
         # 3. Wait until the node is active (it subscribes only then), then warm it up.
-        from .replay import ros_message_class, wait_for_subscribers
+        from vl2spike_ros.ros.bag_tools import ros_message_class, wait_for_subscribers
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         if progress:
@@ -183,7 +183,7 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
             raise InputError(f"vpr_node did not become active (exit code {process.poll()}); "
                              f"last log lines:\n{_log_tail(log_path)}")
         first = next(bag_messages(bag)[2])
-        from .replay import restamped
+        from vl2spike_ros.ros.bag_tools import restamped
 
         warm_deadline = time.monotonic() + 30.0
         while not warmup_answered.is_set():  # a stamp no query has: its match is not counted
@@ -267,7 +267,7 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
         "node_log": str(log_path),
         "node_exit_code": exit_code,
     }
-    from .io_utils import write_json_atomic
+    from vl2spike_ros.core.atomic_files import write_json_atomic
 
     write_json_atomic(work_dir / "live_metrics.json", result)
     return result
@@ -289,7 +289,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vl2spike_ros.live_demo",
+    parser = argparse.ArgumentParser(prog="python -m vl2spike_ros.demo.live",
                                      description="Replay a query traverse through a live vpr_node.")
     parser.add_argument("--checkpoint", default=None, help="student checkpoint (default: shipped model)")
     parser.add_argument("--map", required=True, help="map directory (vl2spike build-map)")

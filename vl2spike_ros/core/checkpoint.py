@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .errors import InputError
-from .io_utils import atomic_path
-from .model import SpikformerStudent, StudentConfig
-from .tensor_files import read_safetensors
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.core.atomic_files import atomic_path
+from vl2spike_ros.model import SpikformerStudent, StudentConfig
+from vl2spike_ros.core.tensor_files import read_safetensors
 
 CHECKPOINT_FORMAT = "vl2spike-student"
 CHECKPOINT_FORMAT_VERSION = 1

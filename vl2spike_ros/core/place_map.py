@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.io_utils import fsync_path
+from vl2spike_ros.core.atomic_files import fsync_path
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import DescriptorEncoder
-from .errors import InputError
-from .place_map import Place, PlaceMap
-from .sequence import SequenceMatcher
+from vl2spike_ros.core.encoder import DescriptorEncoder
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.core.place_map import Place, PlaceMap
+from vl2spike_ros.core.sequence import SequenceMatcher
 
 MODES = ("localize", "map")
 

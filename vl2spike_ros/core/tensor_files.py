@@ -6,7 +6,7 @@ import os
 import torch
 from safetensors import safe_open
 
-from .errors import InputError
+from vl2spike_ros.errors import InputError
 
 
 def read_safetensors(path: str | os.PathLike[str], label: str,

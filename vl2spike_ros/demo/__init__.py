@@ -1,0 +1,1 @@
+"""The demo: the embedded route, the offline run and the live run through vpr_node."""

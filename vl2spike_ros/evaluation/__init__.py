@@ -1,0 +1,1 @@
+"""Offline evaluation: ground truth, Recall@K, PR curves, and the map-building/evaluation runner."""

@@ -1,0 +1,1 @@
+"""Where frames come from: image folders, rosbag2 files and pose files."""
