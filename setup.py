@@ -26,7 +26,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/models", glob(f"{PACKAGE}/models/*")),
+        # The shipped model is package data only (vl2spike_ros/models, found with importlib.resources).
     ],
     python_requires=">=3.10",
     # spikingjelly is deliberately not listed: its declared torchvision/torchaudio pull a CUDA torch.
@@ -53,14 +53,15 @@ setup(
             "ros-diagnostic-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-rmw-fastrtps-cpp",
         ],
         "train": ["transformers>=4.40"],
-        "dev": ["pytest>=7", "colcon-common-extensions"],
+        # pytest 9 rejects launch_testing's pytest plugin (hook argument `path`); requirements-dev.txt pins 8.4.2.
+        "test": ["pytest>=7,<9"],
+        "dev": ["pytest>=7,<9", "colcon-common-extensions"],
     },
     zip_safe=False,
     maintainer="vl2spike_ros maintainers",
     maintainer_email="maintainers@vl2spike.invalid",
     description="Spiking-transformer visual place recognition for ROS 2 (VL2Spike).",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "vl2spike = vl2spike_ros.cli:main",

@@ -1,64 +1,59 @@
-"""Start vpr_node (vl2spike_ros): `ros2 launch vl2spike_ros vpr.launch.py map_path:=/path/to/map`.
+"""Start vpr_node (vl2spike_ros) as a lifecycle node:
+`ros2 launch vl2spike_ros vpr.launch.py map_path:=/path/to/map`.
 
-Arguments: model_path, map_path, image_topic, transport (raw | compressed), namespace, params_file
-(default: the installed config/vpr.yaml), use_sim_time. Empty model_path / map_path keep the values
-of the parameter file. Only the standard launch / launch_ros API (Humble, Jazzy, Kilted).
+Arguments (`ros2 launch vl2spike_ros vpr.launch.py --show-args`): model_path, map_path, transport,
+autostart, top_k, sequence_length, match_threshold, use_sim_time, image_topic, namespace,
+params_file. The table lives in vl2spike_ros/ros/launch_arguments.py (checked by the tests without
+launch). If vpr_node exits with an error that launch did not cause (configure failed: no map, a map
+of another model), the launch fails too, so `ros2 launch` exits non-zero.
+Only the standard launch / launch_ros API of Humble, Jazzy and Kilted.
 """
-import os
-
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
 
-PACKAGE = "vl2spike_ros"
-
-
-def _default_params_file():
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return os.path.join(get_package_share_directory(PACKAGE), "config", "vpr.yaml")
-    except (ImportError, LookupError):  # PackageNotFoundError is a KeyError
-        # Not installed (a source checkout): the file beside this launch file's folder.
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "vpr.yaml")
+from vl2spike_ros.ros.launch_arguments import (EXECUTABLE, NODE_NAME, NODE_PARAMETER_ARGUMENTS, PACKAGE,
+                                               PARAMS_FILE_DESCRIPTION, TOPIC_ARGUMENTS, exit_failure,
+                                               image_remappings)
 
 
-def _node(context, *args, **kwargs):
-    def value(name):
-        return LaunchConfiguration(name).perform(context)
+def _declare(argument):
+    return DeclareLaunchArgument(argument.name, default_value=argument.default,
+                                 description=argument.description, choices=list(argument.choices) or None)
 
-    params_file = value("params_file") or _default_params_file()
-    overrides = {"use_sim_time": value("use_sim_time").lower() in ("true", "1", "yes")}
-    for name in ("model_path", "map_path", "transport"):
-        if value(name):
-            overrides[name] = value(name)
-    image_topic = value("image_topic")
-    return [Node(
-        package=PACKAGE,
-        executable="vpr_node",
-        name="vpr_node",
-        namespace=value("namespace"),
-        parameters=[params_file, overrides],
-        remappings=[("image", image_topic), ("image/compressed", image_topic + "/compressed")],
-        output="screen",
-        emulate_tty=True,
-    )]
+
+def _fail_on_error_exit(event, context):
+    # An exception raised in an event handler ends the launch with return code 1 (what `ros2 launch`
+    # exits with); a Shutdown action would end it with 0.
+    reason = exit_failure(event.returncode, context.is_shutdown)
+    if reason is not None:
+        raise RuntimeError(reason)
 
 
 def generate_launch_description():
+    node = LifecycleNode(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        namespace=LaunchConfiguration("namespace"),  # required by Humble's LifecycleNode
+        parameters=[
+            LaunchConfiguration("params_file"),
+            # Typed, so that "5" stays an integer parameter and "0.0" a double.
+            {argument.name: ParameterValue(LaunchConfiguration(argument.name), value_type=argument.value_type)
+             for argument in NODE_PARAMETER_ARGUMENTS},
+        ],
+        remappings=image_remappings(LaunchConfiguration("image_topic")),
+        output="screen",
+        emulate_tty=True,
+    )
     return LaunchDescription([
-        DeclareLaunchArgument("model_path", default_value="",
-                              description="student checkpoint (.safetensors); empty: parameter file / shipped model"),
-        DeclareLaunchArgument("map_path", default_value="",
-                              description="place map directory (vl2spike build-map); empty: parameter file"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
-                              description="camera topic; with transport compressed, <image_topic>/compressed"),
-        DeclareLaunchArgument("transport", default_value="",
-                              description="raw | compressed; empty: parameter file (raw)"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("params_file", default_value="",
-                              description="parameter file; empty: the installed config/vpr.yaml"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
-        OpaqueFunction(function=_node),
+        *(_declare(argument) for argument in (*NODE_PARAMETER_ARGUMENTS, *TOPIC_ARGUMENTS)),
+        DeclareLaunchArgument("params_file", description=PARAMS_FILE_DESCRIPTION,
+                              default_value=PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "vpr.yaml"])),
+        node,
+        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_error_exit)),
     ])
