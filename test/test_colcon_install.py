@@ -46,6 +46,8 @@ def install(tmp_path_factory):
                              "--build-base", "build", "--install-base", "install"],
                             cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # colcon warns about setup.py's deprecated tests_require (the `test` extra replaces it).
+    assert "tests_require" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     return workspace / "install" / PACKAGE if (workspace / "install" / PACKAGE).is_dir() else workspace / "install"
 
 
@@ -55,6 +57,12 @@ def test_installed_layout(install):
                      f"share/ament_index/resource_index/packages/{PACKAGE}"):
         assert (install / relative).is_file(), relative
     assert os.access(install / f"lib/{PACKAGE}/vpr_node", os.X_OK)
+    # The shipped model is installed once, as package data (checkpoint.py finds it with importlib.resources).
+    site_packages = next((install / "lib").glob("python3*/site-packages"))
+    assert (site_packages / PACKAGE / "models" / "default_student.safetensors").is_file()
+    assert not (install / f"share/{PACKAGE}/models").exists()
+    # The installed launch file imports its argument table from the installed package.
+    assert (site_packages / PACKAGE / "ros" / "launch_arguments.py").is_file()
 
 
 def test_installed_vpr_node_becomes_active(install, tmp_path):
