@@ -32,12 +32,12 @@ NODE_PARAMETER_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: "
                    "sensor_msgs/CompressedImage on <image_topic>/compressed", str, ("raw", "compressed")),
     LaunchArgument("autostart", "true", "configure and activate at start; false: wait for "
-                   "`ros2 lifecycle set` or a lifecycle manager", bool, ("true", "false")),
+                   "`ros2 lifecycle set` or a lifecycle manager", bool),
     LaunchArgument("top_k", "5", "places reported per frame (1-100)", int),
     LaunchArgument("sequence_length", "1", "sequence matching over the last L frames (1: single frame)", int),
     LaunchArgument("match_threshold", "0.0", "accept a match when its best cosine score is at least this "
                    "(-1.0 to 1.0, with a decimal point)", float),
-    LaunchArgument("use_sim_time", "false", "use /clock", bool, ("true", "false")),
+    LaunchArgument("use_sim_time", "false", "use /clock", bool),
 )
 TOPIC_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("image_topic", "/camera/image_raw", "camera topic (a relative name resolves in namespace)"),
@@ -55,8 +55,8 @@ def image_remappings(image_topic: Any) -> list[tuple[str, Any]]:
 
 def exit_failure(returncode: int | None, launch_shutting_down: bool) -> str | None:
     """Why the launch must fail when vpr_node exits, or None: a non-zero exit that launch did not
-    ask for (Ctrl-C or a shutdown elsewhere) means start-up failed, e.g. configure without a map."""
+    ask for (by Ctrl-C or a shutdown elsewhere) means start-up failed, e.g. configure without a map."""
     if launch_shutting_down or returncode == 0:
         return None
-    return (f"{EXECUTABLE} exited with code {returncode} (a failed configure, e.g. a missing or mismatched "
-            "map: see its log above)")
+    return (f"{EXECUTABLE} exited with code {returncode}: it could not start (its log above says why, "
+            "e.g. configure failed on a missing map, or a parameter was out of range)")
