@@ -4,6 +4,8 @@ from glob import glob
 from setuptools import setup
 
 PACKAGE = "vl2spike_ros"
+# pytest 9 rejects launch_testing's pytest plugin (hook argument `path`); requirements-dev.txt pins 8.4.2.
+TEST_REQUIRES = ["pytest>=7,<9"]
 
 setup(
     name=PACKAGE,
@@ -53,9 +55,8 @@ setup(
             "ros-diagnostic-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-rmw-fastrtps-cpp",
         ],
         "train": ["transformers>=4.40"],
-        # pytest 9 rejects launch_testing's pytest plugin (hook argument `path`); requirements-dev.txt pins 8.4.2.
-        "test": ["pytest>=7,<9"],
-        "dev": ["pytest>=7,<9", "colcon-common-extensions"],
+        "test": TEST_REQUIRES,
+        "dev": [*TEST_REQUIRES, "colcon-common-extensions"],
     },
     zip_safe=False,
     maintainer="vl2spike_ros maintainers",
