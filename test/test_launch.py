@@ -1,6 +1,7 @@
 """launch/vpr.launch.py under launch_testing, on a ROS 2 install with the package built by colcon:
 for transport raw and compressed, the launched vpr_node becomes active on the remapped topic, answers
-a published photograph on ~/match with the map place it came from, and exits cleanly at shutdown.
+a published photograph on ~/match with the map place it came from (with the top_k and
+match_threshold given as launch arguments), and exits cleanly at shutdown.
 
 Run it with pytest (launch_testing's plugin collects it; pytest 8, see README) or with
 `launch_test test/test_launch.py`. Self-contained: it imports no sibling test module, so it runs
@@ -28,6 +29,7 @@ NAMESPACE = f"/vpr_launch_test_{os.getpid()}"
 IMAGE_TOPIC = "camera/image_raw"  # relative: resolves inside NAMESPACE
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # real photographs shipped with scikit-image
 QUERY = 2  # the photo published as the query; its place id in the map
+TOP_K = 3  # below the map size and the default 5: shows that the typed launch argument reached the node
 
 try:
     import launch
@@ -128,7 +130,8 @@ if LAUNCH_TESTING_ERROR is None:
         include = IncludeLaunchDescription(
             PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
             launch_arguments={"map_path": str(_reference_map()), "namespace": NAMESPACE,
-                              "image_topic": IMAGE_TOPIC, "transport": transport}.items())
+                              "image_topic": IMAGE_TOPIC, "transport": transport, "top_k": str(TOP_K),
+                              "match_threshold": "0.5"}.items())
         return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
 
     class TestVprLaunch(unittest.TestCase):
@@ -139,6 +142,8 @@ if LAUNCH_TESTING_ERROR is None:
             self.assertIsNotNone(match, "no ~/match within 60 s of publishing")
             self.assertEqual(match["map_size"], len(PHOTOS))
             self.assertEqual(match["place_ids"][0], QUERY, match)
+            self.assertEqual(len(match["place_ids"]), TOP_K, match)
+            self.assertTrue(match["accepted"], match)  # its own photo scores above match_threshold 0.5
             self.assertEqual(match["best_place"]["source"], f"images-{QUERY:05d}.png", match)
 
     @launch_testing.post_shutdown_test()
