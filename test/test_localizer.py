@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from helpers import photo, write_tiny_checkpoint
+from helpers import ivfpq_grows_from_empty, photo, write_tiny_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.localizer import Localizer, MapUpdateError
@@ -147,29 +147,8 @@ def test_mapping_from_empty_refuses_an_index_that_cannot_grow_one_by_one(encoder
     checkpoint = encoder.info.path
     for kind in ("flat", "hnsw"):
         assert Localizer.from_paths(checkpoint, None, index_kind=kind, mode="map").map_size == 0
-    if ivfpq_grows_from_empty(encoder):
+    if ivfpq_grows_from_empty(encoder.dim, encoder.fingerprint):
         Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")
     else:
         with pytest.raises(InputError, match="index 'ivfpq' cannot start from an empty map"):
             Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")
-
-
-def ivfpq_grows_from_empty(encoder) -> bool:
-    """Whether PlaceMap lets an empty IVF-PQ map take keyframes one at a time (planned: a flat
-    index until there are enough to train)."""
-    try:
-        PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq").add(unit_rows(1, encoder.dim))
-    except InputError:
-        return False
-    return True
-
-
-def test_map_of_another_model_is_refused(encoder, tmp_path):
-    other = DescriptorEncoder(write_tiny_checkpoint(tmp_path / "other.safetensors", seed=7))
-    with pytest.raises(InputError, match="rebuild the map"):
-        Localizer(encoder, map_of(other, unit_rows(3, other.dim)))
-
-
-def test_empty_map_cannot_localise(encoder):
-    with pytest.raises(InputError, match="empty map"):
-        Localizer(encoder, PlaceMap(encoder.dim, encoder.fingerprint))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.ros.node_support import percentiles
+from vl2spike_ros.ros.node_diagnostics import percentiles
 
 DEMO_NAMESPACE = "/vl2spike_demo"
 RECALL_KS = (1, 5, 10)
