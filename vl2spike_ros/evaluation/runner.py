@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vl2spike_ros.sources.image_folders import ImageFolderSequence, ImageSequence, open_sequence
+from vl2spike_ros.sources.frames import ImageSequence
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+from vl2spike_ros.sources.traverses import open_sequence
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.metrics import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
