@@ -52,7 +52,9 @@ def test_slot_keeps_the_newest_frame_and_counts_drops():
     assert slot.put("b") is True and slot.put("c") is True
     assert (slot.received, slot.dropped) == (3, 2)
     assert slot.take(0) == ("c", 2)  # two frames skipped before "c"
-    assert slot.take(0.01) is None
+    assert slot.pending == 1  # taken, not finished
+    slot.finish()
+    assert slot.take(0.01) is None and slot.pending == 0
     slot.put("d")
     assert slot.take(0) == ("d", 0)
 
@@ -119,8 +121,8 @@ def test_stats_rate_latency_and_counters():
     assert snapshot["last_invalid_reason"] == "bad step"
     later = stats.snapshot(now=200.0)  # the window forgets, the counters do not
     assert later["rate_hz"] == 0.0 and later["latency_ms_p50"] is None and later["frames_processed"] == 11
-    values = dict(diagnostic_values(later, received=20, dropped=9, extra={"map_size": 3}))
-    assert values["frames_dropped"] == "9" and values["latency_ms_p50"] == "n/a" and values["map_size"] == "3"
+    values = dict(diagnostic_values(later, received=20, dropped=9, pending=1, extra={"map_size": 3}))
+    assert values["frames_dropped"] == "9" and values["frames_pending"] == "1" and values["latency_ms_p50"] == "n/a" and values["map_size"] == "3"
 
 
 def test_status_tells_map_errors_apart_from_bad_input():

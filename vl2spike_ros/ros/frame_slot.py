@@ -18,6 +18,7 @@ class FrameSlot:
         self._closed = False
         self.received = 0
         self.dropped = 0
+        self.finished = 0  # taken frames whose processing ended (answered or failed): see `finish`
         self._dropped_at_last_take = 0
 
     def put(self, item: Any) -> bool:
@@ -42,6 +43,17 @@ class FrameSlot:
             item, self._item, self._full = self._item, None, False
             skipped, self._dropped_at_last_take = self.dropped - self._dropped_at_last_take, self.dropped
             return item, skipped
+
+    def finish(self) -> None:
+        """The consumer is done with the frame it took, whatever the outcome."""
+        with self._condition:
+            self.finished += 1
+
+    @property
+    def pending(self) -> int:
+        """Frames received but neither dropped nor finished: the one in the slot and the one in work."""
+        with self._condition:
+            return self.received - self.dropped - self.finished
 
     def close(self) -> None:
         with self._condition:

@@ -257,7 +257,7 @@ class VprNode(LifecycleNode):
             message, frames_skipped = taken
             try:
                 self._process(message, frames_skipped)
-            except InputError as error:
+            except InputError as error:  # found only on decoding, e.g. a cut JPEG
                 self._invalid(error)
             except MapUpdateError as error:
                 self._vpr_stats.record_map_error(str(error))
@@ -267,6 +267,8 @@ class VprNode(LifecycleNode):
                 self.get_logger().error(f"frame failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=5.0)
                 self.get_logger().debug(traceback.format_exc())
+            finally:
+                self._slot.finish()
 
     def _process(self, message: Any, frames_skipped: int) -> None:
         rgb = ros_images.message_to_rgb(message)
@@ -356,7 +358,7 @@ class VprNode(LifecycleNode):
                                   hardware_id="vl2spike_ros", level=getattr(DiagnosticStatus, level),
                                   message=text)
         status.values = [KeyValue(key=k, value=v) for k, v in
-                         diagnostic_values(stats, self._slot.received, self._slot.dropped, extra)]
+                         diagnostic_values(stats, self._slot.received, self._slot.dropped, self._slot.pending, extra)]
         message = DiagnosticArray()
         message.header.stamp = self.get_clock().now().to_msg()
         message.status = [status]

@@ -81,9 +81,10 @@ class NodeStats:
                 "latency_ms_max": float(max(latencies)) if latencies else None}
 
 
-def diagnostic_values(stats: dict[str, Any], received: int, dropped: int, extra: dict[str, Any]) -> list[tuple[str, str]]:
+def diagnostic_values(stats: dict[str, Any], received: int, dropped: int, pending: int,
+                      extra: dict[str, Any]) -> list[tuple[str, str]]:
     """Key/value strings for a DiagnosticStatus, in a stable order."""
-    merged = {**extra, "frames_received": received, "frames_dropped": dropped, **stats}
+    merged = {**extra, "frames_received": received, "frames_dropped": dropped, "frames_pending": pending, **stats}
     values = []
     for key, value in merged.items():
         if value is None:
