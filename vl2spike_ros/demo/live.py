@@ -31,6 +31,7 @@ from vl2spike_ros.demo.node_process import log_tail, node_command, ros_environme
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.metrics import RECALL_KS
 from vl2spike_ros.ros.node_diagnostics import percentiles
+from vl2spike_ros.ros.parameters import TRANSPORTS
 
 DEMO_NAMESPACE = "/vl2spike_demo"
 SUMMARY_KS = (1, 5, 10)  # the Recall@K printed in the one-line summary (all of RECALL_KS are in the JSON)
@@ -105,8 +106,8 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     from vl2spike_ros.sources.traverses import is_bag, open_sequence
     from vl2spike_ros.sources.bags import write_bag
 
-    if transport not in ("raw", "compressed"):
-        raise InputError(f"transport {transport!r}: expected raw or compressed")
+    if transport not in TRANSPORTS:
+        raise InputError(f"transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
     if not rate_hz > 0:
         raise InputError(f"rate {rate_hz} Hz: expected a positive rate")
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="vl2spike_live_"))
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
     parser.add_argument("--lockstep", action="store_true",
                         help="send each frame after the previous one's match (no drops; ignores --rate)")
-    parser.add_argument("--transport", choices=("raw", "compressed"), default="raw")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="raw")
     parser.add_argument("--sequence-length", type=int, default=1)
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args(argv)
