@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=int, default=10)
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
     parser.add_argument("--lockstep", action="store_true",
-                        help="send each frame after the previous one's match (no drops; ignores --rate)")
+                        help="send each frame after the previous one's match (no drops; --rate is then an upper bound)")
     parser.add_argument("--transport", choices=TRANSPORTS, default="raw")
     parser.add_argument("--sequence-length", type=int, default=1)
     parser.add_argument("--work-dir", default=None)
