@@ -32,3 +32,18 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     if size is not None:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image
+
+
+def ivfpq_grows_from_empty(dim: int, fingerprint: str) -> bool:
+    """Whether an empty IVF-PQ PlaceMap takes keyframes one at a time (planned: it collects them in a
+    flat index until there are enough to train); tests expect mapping or a clear refusal accordingly."""
+    from vl2spike_ros.core.place_map import PlaceMap
+    from vl2spike_ros.errors import InputError
+
+    vector = np.zeros((1, dim), dtype=np.float32)
+    vector[0, 0] = 1.0
+    try:
+        PlaceMap(dim, fingerprint, "ivfpq").add(vector)
+    except InputError:
+        return False
+    return True

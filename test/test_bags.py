@@ -10,7 +10,8 @@ from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from vl2spike_ros.sources.bags import FRAME_SOURCE_TOPIC, BagSequence, write_bag
-from vl2spike_ros.sources.image_folders import ImageFolderSequence, open_sequence
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+from vl2spike_ros.sources.traverses import open_sequence
 from vl2spike_ros.errors import InputError
 
 NUMBERS = (210, 220, 230, 240, 250)

@@ -7,7 +7,9 @@ import pytest
 import skimage.data
 
 from conftest import NORDLAND, require_dir
-from vl2spike_ros.sources.image_folders import Frame, ImageFolderSequence, open_sequence
+from vl2spike_ros.sources.frames import Frame
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+from vl2spike_ros.sources.traverses import open_sequence
 from vl2spike_ros.errors import InputError
 
 

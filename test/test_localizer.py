@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from helpers import photo, write_tiny_checkpoint
+from helpers import ivfpq_grows_from_empty, photo, write_tiny_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.core.localizer import Localizer
+from vl2spike_ros.core.localizer import Localizer, MapUpdateError
 from vl2spike_ros.core.place_map import Place, PlaceMap
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass")
@@ -60,21 +60,95 @@ def test_sequence_matching_recovers_a_route_single_frames_miss(encoder):
 def test_mapping_mode_adds_only_novel_frames(encoder):
     place_map = PlaceMap(encoder.dim, encoder.fingerprint)
     localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.95)
-    first = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=5)[0], Place(place_id=0, source="a"))
-    assert first.added_place_id == 0 and first.place_ids == []
-    again = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=5)[0], Place(place_id=1, source="b"))
+    first = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=5)[0], "a", stamp=1.5)
+    assert first.added_place_id == 0 and first.place_ids == [] and first.best_place is None
+    again = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=5)[0], "b")
     assert again.added_place_id is None and again.place_ids == [0]
-    other = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=6)[0], Place(place_id=1, source="c"))
-    assert other.added_place_id == 1 and len(place_map) == 2
-    assert place_map.places[1].source == "c"
+    assert again.best_place == Place(place_id=0, source="a", frame=0, stamp=1.5)
+    other = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=6)[0], "c", stamp=2.0)
+    assert other.added_place_id == 1 and localizer.map_size == 2
+    assert place_map.places[1] == Place(place_id=1, source="c", frame=2, stamp=2.0)
 
 
-def test_map_of_another_model_is_refused(encoder, tmp_path):
-    other = DescriptorEncoder(write_tiny_checkpoint(tmp_path / "other.safetensors", seed=7))
-    with pytest.raises(InputError, match="rebuild the map"):
-        Localizer(encoder, map_of(other, unit_rows(3, other.dim)))
+def test_best_place_and_pose_come_with_the_match(encoder, tmp_path):
+    descriptors = unit_rows(4, encoder.dim, seed=3)
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint)
+    poses = [[float(i), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] for i in range(4)]
+    place_map.add(descriptors, [Place(place_id=i, source=f"p{i}", pose=poses[i]) for i in range(4)])
+    localizer = Localizer(encoder, place_map, top_k=2, match_threshold=0.5)
+    match = localizer.match_descriptor(descriptors[2])
+    assert match.best_place.source == "p2" and match.pose == poses[2]
+    rejected = localizer.match_descriptor(unit_rows(1, encoder.dim, seed=11)[0])
+    assert not rejected.accepted and rejected.pose is None and rejected.best_place is not None
+    assert localizer.save_map(tmp_path / "saved") == 4
+    assert PlaceMap.load(tmp_path / "saved").places[3].pose == poses[3]
 
 
-def test_empty_map_cannot_localise(encoder):
-    with pytest.raises(InputError, match="empty map"):
-        Localizer(encoder, PlaceMap(encoder.dim, encoder.fingerprint))
+def test_an_approximate_index_never_reports_place_minus_one(encoder):
+    # IVF-PQ probing 1 of 16 lists sees about 300/16 places, far fewer than top_k = 100: FAISS pads
+    # its answer with id -1, which once reached metadata as places[-1], the last place.
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq", nlist=16, nprobe=1)
+    descriptors = unit_rows(300, encoder.dim, seed=4)
+    place_map.add(descriptors)
+    _, raw_ids = place_map.search(descriptors[:1], 100)
+    assert (raw_ids < 0).any()  # the situation under test really arises
+    match = Localizer(encoder, place_map, top_k=100).match_descriptor(descriptors[0])
+    assert 0 < len(match.place_ids) < 100 and min(match.place_ids) >= 0
+    assert len(match.scores) == len(match.place_ids) and np.isfinite(match.scores).all()
+    assert match.best_place.place_id == match.place_ids[0] != len(place_map) - 1
+
+
+def test_sequence_starts_afresh_after_skipped_frames(encoder):
+    references = unit_rows(40, encoder.dim, seed=1)
+    length = 5
+
+    def scores_after(first: int, skipped_before_last: int) -> list[float]:
+        localizer = Localizer(encoder, map_of(encoder, references), top_k=40, sequence_length=length)
+        for place in range(first, first + length - 1):
+            localizer.match_descriptor(references[place])
+        last = first + length - 1 + skipped_before_last
+        match = localizer.match_descriptor(references[last], frames_skipped=skipped_before_last)
+        return dict(zip(match.place_ids, match.scores))[last]
+
+    # Without a gap the full diagonal scores 1.0; after 3 dropped frames the old queries lie on
+    # another diagonal, so only a new sequence scores the frame itself (1.0) rather than a blend.
+    assert scores_after(10, 0) == pytest.approx(1.0)
+    assert scores_after(10, 3) == pytest.approx(1.0)
+    fresh = Localizer(encoder, map_of(encoder, references), top_k=40, sequence_length=length)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=40, sequence_length=length)
+    for place in range(10, 14):
+        localizer.match_descriptor(references[place])
+    after_gap = localizer.match_descriptor(references[20], frames_skipped=6)
+    assert after_gap.place_ids == fresh.match_descriptor(references[20]).place_ids
+    assert after_gap.query_index == 4  # skipped frames were never queries
+
+
+def test_restart_forgets_history_and_numbers_queries_from_zero(encoder):
+    references = unit_rows(20, encoder.dim, seed=1)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=3, sequence_length=3)
+    localizer.match_descriptor(references[7])  # a warm-up frame from elsewhere on the route
+    localizer.restart()
+    fresh = Localizer(encoder, map_of(encoder, references), top_k=3, sequence_length=3)
+    for place in (2, 3, 4):
+        got, expected = localizer.match_descriptor(references[place]), fresh.match_descriptor(references[place])
+        assert (got.query_index, got.place_ids, got.scores) == (expected.query_index, expected.place_ids,
+                                                                expected.scores)
+
+
+def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq")
+    localizer = Localizer(encoder, place_map, mode="map")
+    with pytest.raises(MapUpdateError, match="refused a keyframe"):
+        localizer.match_descriptor(unit_rows(1, encoder.dim)[0], "frame")
+    assert len(place_map) == 0
+
+
+def test_mapping_from_empty_refuses_an_index_that_cannot_grow_one_by_one(encoder, tmp_path):
+    checkpoint = encoder.info.path
+    for kind in ("flat", "hnsw"):
+        assert Localizer.from_paths(checkpoint, None, index_kind=kind, mode="map").map_size == 0
+    if ivfpq_grows_from_empty(encoder.dim, encoder.fingerprint):
+        Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")
+    else:
+        with pytest.raises(InputError, match="index 'ivfpq' cannot start from an empty map"):
+            Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")

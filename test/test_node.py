@@ -85,18 +85,19 @@ class Channel:
         self.next_sec += 1
         return self.next_sec
 
-    def send(self, rgb, timeout_s: float = 10.0) -> dict:
+    def send(self, rgb, timeout_s: float = 30.0) -> dict:
         """Publish one frame (again, while nothing comes back: best effort) and return its match."""
         sec = self.stamp()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.publisher.publish(self.message(rgb, sec))
-            if self.probe.wait_until(lambda: any(m["stamp"]["sec"] == sec for m in self.matches), 1.0):
+            # Repeat only when best-effort transport seems to have lost the frame, not merely when busy.
+            if self.probe.wait_until(lambda: any(m["stamp"]["sec"] == sec for m in self.matches), 5.0):
                 return next(m for m in self.matches if m["stamp"]["sec"] == sec)
             assert self.node.process.poll() is None, self.node.log()
         raise AssertionError(f"no match for stamp {sec}; node log:\n{self.node.log()}")
 
-    def latest_diagnostics(self, timeout_s: float = 5.0) -> dict[str, str]:
+    def latest_diagnostics(self, timeout_s: float = 30.0) -> dict[str, str]:
         """The first diagnostics message that arrives from now on."""
         with self.probe.lock:
             seen = len(self.diagnostics)
@@ -108,7 +109,7 @@ class Channel:
 
 def _wait_active(channel: Channel) -> None:
     assert channel.node.wait_for_log("active: listening on", 120.0), channel.node.log()
-    assert channel.probe.wait_until(lambda: channel.publisher.get_subscription_count() > 0, 20.0)
+    assert channel.probe.wait_until(lambda: channel.publisher.get_subscription_count() > 0, 60.0)
     channel.send(channel.probe_image, timeout_s=30.0)  # warm-up: discovery and the first inference
 
 
@@ -123,6 +124,12 @@ def _serve(assets, probe, namespace: str, log_name: str, compressed: bool, **par
     finally:
         code = node.stop()
         assert code == 0, f"vpr_node exited with {code}:\n{node.log()}"
+        assert_clean_shutdown(node.log())
+
+
+def assert_clean_shutdown(log: str) -> None:
+    """Ended through the lifecycle shutdown transition, with no traceback on the way out."""
+    assert "finalized" in log and "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +168,7 @@ def test_node_is_an_active_lifecycle_node(raw, probe):
 
 def test_match_image_shows_query_beside_reference(raw, probe, assets):
     images = probe.collect(Image, f"{RAW_NS}/vpr_node/match_image", depth=5)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not images and time.monotonic() < deadline:
         raw.send(assets["images"][7])
         probe.wait_until(lambda: bool(images), 1.0)
@@ -194,43 +201,43 @@ def test_parameter_updates_are_checked(raw, probe, assets):
         assert set_parameter("top_k", ParameterType.PARAMETER_INTEGER, integer_value=5).successful
 
 
+def settled_diagnostics(channel: Channel) -> dict[str, str]:
+    """Diagnostics once every frame the node took in is accounted for (dropped, or finished by the
+    worker). Call after a frame was answered: nothing new arrives, so this only waits for the counters."""
+    for _ in range(60):
+        values = channel.latest_diagnostics(timeout_s=30.0)
+        if values["frames_pending"] == "0":
+            return values
+    raise AssertionError(f"diagnostics never settled: {values}")
+
+
+def answered_since(channel: Channel, sec: int) -> list[dict]:
+    with channel.probe.lock:
+        return [m for m in channel.matches if m["stamp"]["sec"] > sec]
+
+
 def test_burst_leaves_no_backlog_and_counts_drops(raw, probe, assets):
-    for image in assets["images"][10:15]:
-        raw.send(image)
-    latency_s = sorted(m["latency_ms"] for m in raw.matches[-5:])[2] / 1000.0
-    period = latency_s / 3.0  # three times the processing rate
-    before = raw.latest_diagnostics()
+    raw.send(assets["images"][10])
+    before = settled_diagnostics(raw)
     first_sec = raw.stamp()
     messages = [raw.message(assets["images"][i % 40], first_sec + i) for i in range(200)]
     raw.next_sec = first_sec + 200
-    started = time.monotonic()
-    for i, message in enumerate(messages):
-        delay = started + i * period - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    for message in messages:  # back to back: far faster than one inference per frame
         raw.publisher.publish(message)
-    burst_s = time.monotonic() - started
-    last_sec = first_sec + 199
-    # Newest frame wins: the burst's last frame is answered promptly, not after a queue of old ones.
-    assert probe.wait_until(lambda: any(m["stamp"]["sec"] >= last_sec - 1 for m in raw.matches),
-                            2.0 + 4 * latency_s), raw.node.log()[-2000:]
-    time.sleep(0.5)
-    answered = [m for m in raw.matches if first_sec <= m["stamp"]["sec"] <= last_sec]
-    # No backlog: a fresh frame afterwards is answered at once.
-    sent = time.monotonic()
-    raw.send(assets["images"][20])
-    assert time.monotonic() - sent < 1.0 + 4 * latency_s
-    after = raw.latest_diagnostics()
+    # No backlog: a fresh frame after the burst is answered without the burst's frames queueing
+    # ahead of it (the one-frame slot holds the newest frame only).
+    fresh = raw.send(assets["images"][20], timeout_s=60.0)
+    after = settled_diagnostics(raw)
     received = int(after["frames_received"]) - int(before["frames_received"])
     dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
     processed = int(after["frames_processed"]) - int(before["frames_processed"])
-    print(f"burst: {burst_s:.2f} s at {1 / period:.0f} Hz, processing {latency_s * 1000:.1f} ms: "
-          f"received {received}, processed {processed}, dropped {dropped}, answered {len(answered)}")
-    assert received >= 150  # best-effort DDS may lose a few; on loopback it rarely does
-    assert dropped > 0 and dropped == received - processed
-    assert len(answered) < 200 and len(answered) <= processed
+    answered = answered_since(raw, first_sec - 1)
+    print(f"burst: received {received}, processed {processed}, dropped {dropped}, answered {len(answered)}")
+    assert dropped > 0 and processed + dropped == received
+    assert len(answered) == processed  # each processed frame answered once: burst frames and the fresh one
     stamps = [m["stamp"]["sec"] for m in answered]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert answered[-1] == fresh
 
 
 def _malformed(index: int, good: Image) -> Image:
@@ -256,22 +263,22 @@ def _malformed(index: int, good: Image) -> Image:
 
 
 def test_malformed_frames_are_counted_and_dropped(raw, probe, assets):
-    before = raw.latest_diagnostics()
+    mark = raw.send(assets["images"][21])["stamp"]["sec"]
+    before = settled_diagnostics(raw)
     good = rgb_to_image(assets["images"][21])
     count = 250
     for index in range(count):
         raw.publisher.publish(_malformed(index, good))
-        time.sleep(0.003)
     match = raw.send(assets["images"][22])
     assert match["accepted"]
-    deadline = time.monotonic() + 10
-    while True:
-        after = raw.latest_diagnostics()
-        invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
-        if invalid >= 200 or time.monotonic() > deadline:
-            break
+    after = settled_diagnostics(raw)
+    invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
     print(f"malformed: sent {count}, counted invalid {invalid}")
-    assert invalid >= 200 and invalid <= count, after  # best effort: a few may be lost
+    # Best-effort transport may lose some; none of those that arrive reach inference.
+    assert 0 < invalid <= count, after
+    # Only good frames reached inference (the good one possibly twice: `send` repeats unanswered frames).
+    assert int(after["frames_processed"]) - int(before["frames_processed"]) == len(answered_since(raw, mark))
+    assert int(after["map_errors"]) == 0
     assert raw.node.process.poll() is None
     assert "dropped an invalid frame" in raw.node.log()
     # Throttled: far fewer log lines than invalid frames.
@@ -308,7 +315,8 @@ def test_compressed_mapping_adds_places_and_save_round_trips(mapping, probe, ass
 
 
 def test_corrupt_compressed_frames_are_dropped(mapping, probe, assets):
-    before = mapping.latest_diagnostics()
+    mark = mapping.send(assets["images"][30])["stamp"]["sec"]
+    before = settled_diagnostics(mapping)
     good = rgb_to_compressed(assets["images"][30], compression="jpeg")
     for index in range(20):
         message = CompressedImage()
@@ -317,24 +325,75 @@ def test_corrupt_compressed_frames_are_dropped(mapping, probe, assets):
         # Not an image at all, or a JPEG cut after its header.
         message.data = b"not an image" if index % 2 else bytes(good.data)[:40]
         mapping.publisher.publish(message)
-        time.sleep(0.005)
     assert mapping.send(assets["images"][31])["stamp"]["sec"] > 0
-    deadline = time.monotonic() + 5
-    invalid = 0
-    while invalid < 20 and time.monotonic() < deadline:
-        after = mapping.latest_diagnostics()
-        invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
-    assert invalid >= 15, after  # best effort: nearly all arrive on loopback
+    after = settled_diagnostics(mapping)
+    invalid = int(after["invalid_frames"]) - int(before["invalid_frames"])
+    assert 0 < invalid <= 20, after
+    assert int(after["frames_processed"]) - int(before["frames_processed"]) == len(answered_since(mapping, mark))
     assert mapping.node.process.poll() is None
 
 
-def test_wrong_map_fails_configure_with_the_reason(assets, tmp_path):
-    node = support.NodeProcess(tmp_path / "bad.log", {"model_path": assets["checkpoint"],
-                                                      "map_path": tmp_path / "no_map"}, "/vpr_test_bad")
+def assert_configure_fails(assets, namespace: str, log_name: str, reason: str, **params) -> None:
+    """The node exits 1 at autostart, logging why configure failed."""
+    node = _start(assets, namespace, log_name, **params)
     try:
-        node.process.wait(90)
+        node.process.wait(120)
     finally:
         node.stop()
     log = node.log()
     assert node.process.returncode == 1, log
-    assert "configure failed" in log and "no such map directory" in log
+    assert "configure failed" in log and reason in log
+
+
+def test_wrong_map_fails_configure_with_the_reason(assets, tmp_path):
+    assert_configure_fails(assets, "/vpr_test_bad", "bad_node.log", "no such map directory",
+                           map_path=tmp_path / "no_map")
+
+
+def test_ctrl_c_twice_after_frames_ends_through_lifecycle_shutdown(assets, probe):
+    """What a terminal does on Ctrl-C under `ros2 launch`: SIGINT to the process group, which
+    launch forwards once more. The node must end through the shutdown transition, without a traceback."""
+    import signal
+
+    node = _start(assets, "/vpr_test_sigint", "sigint_node.log", map_path=assets["map"])
+    channel = Channel(probe, node, compressed=False)
+    channel.probe_image = assets["images"][0]
+    try:
+        _wait_active(channel)
+        for image in assets["images"][1:4]:
+            channel.send(image)
+        node.process.send_signal(signal.SIGINT)
+        node.process.send_signal(signal.SIGINT)
+        code = node.process.wait(60)
+    finally:
+        node.stop()
+    assert code == 0, node.log()
+    assert_clean_shutdown(node.log())
+
+
+def test_mapping_with_ivfpq_from_an_empty_map(assets, probe, tmp_path):
+    """IVF-PQ is trained on its first add. Where PlaceMap collects keyframes until it can train, the
+    node maps with it; where it cannot, the node refuses at configure, saying why, and exits 1
+    (never: running and counting every frame as invalid)."""
+    from helpers import ivfpq_grows_from_empty
+    from vl2spike_ros.core.encoder import DescriptorEncoder
+
+    params = dict(map_path=tmp_path / "ivfpq_map", mode="map", index="ivfpq", novelty_threshold=0.9995)
+    encoder = DescriptorEncoder(assets["checkpoint"])
+    if not ivfpq_grows_from_empty(encoder.dim, encoder.fingerprint):
+        assert_configure_fails(assets, "/vpr_test_ivfpq", "ivfpq_node.log",
+                               "index 'ivfpq' cannot start from an empty map", **params)
+        return
+    served = _serve(assets, probe, "/vpr_test_ivfpq", "ivfpq_node.log", compressed=False, **params)
+    channel = next(served)
+    try:
+        results = [channel.send(image) for image in assets["images"][1:8]]
+        added = [m["added_place_id"] for m in results if m["added_place_id"] is not None]
+        assert added and added == list(range(1, len(added) + 1))
+        diagnostics = settled_diagnostics(channel)
+        assert diagnostics["map_errors"] == "0" and diagnostics["invalid_frames"] == "0"
+        reply = probe.call(Trigger, "/vpr_test_ivfpq/vpr_node/save_map", Trigger.Request())
+        assert reply.success, reply.message
+        assert len(PlaceMap.load(tmp_path / "ivfpq_map")) == 1 + len(added)
+    finally:
+        next(served, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,14 +23,6 @@ ROS_ENV = {
     "ROS_HOME": str(_RUN_HOME),
 }
 os.environ.update(ROS_ENV)
-
-
-def vpr_node_command() -> list[str]:
-    """The console script beside the venv's Python (pip install -e . / make), as users start it."""
-    script = Path(sys.executable).parent / "vpr_node"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "vl2spike_ros.ros.node"]
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -65,7 +56,7 @@ def write_random_images(folder: Path, count: int) -> Path:
 
 
 def build_test_map(checkpoint: Path, images: Path, out: Path) -> Path:
-    from vl2spike_ros.sources.image_folders import open_sequence
+    from vl2spike_ros.sources.traverses import open_sequence
     from vl2spike_ros.core.encoder import DescriptorEncoder
     from vl2spike_ros.evaluation.runner import build_map
 
@@ -77,14 +68,17 @@ class NodeProcess:
     """vpr_node started from its console script with `--ros-args`, output in a log file."""
 
     def __init__(self, log_path: Path, params: dict, namespace: str, extra_args: list[str] = ()) -> None:
-        ros_args = ["--ros-args", "-r", f"__ns:={namespace}"]
+        ros_args = ["-r", f"__ns:={namespace}"]
         for name, value in params.items():
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             ros_args += ["-p", f"{name}:={text}"]
         self.namespace = namespace
         self.log_path = log_path
         self._log = open(log_path, "w")
-        self.process = subprocess.Popen([*vpr_node_command(), *ros_args, *extra_args],
+        from vl2spike_ros.demo.node_process import node_command
+
+        # The console script beside the venv's Python (pip install -e . / make), as users start it.
+        self.process = subprocess.Popen(node_command([*ros_args, *extra_args]),
                                         stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **ROS_ENV})
 
@@ -104,7 +98,7 @@ class NodeProcess:
         return False
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        from vl2spike_ros.demo.live import stop_process
+        from vl2spike_ros.demo.node_process import stop_process
 
         code = stop_process(self.process, timeout_s)
         self._log.close()

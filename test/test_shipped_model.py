@@ -1,11 +1,15 @@
 """The student the package ships: it loads by default, carries its provenance, and serves the CLI."""
 import json
 
+from conftest import NORDLAND, require_dir
 from vl2spike_ros.core.checkpoint import default_checkpoint_path
 from vl2spike_ros.cli import main
 from vl2spike_ros.demo.run import run as run_demo
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.place_map import PlaceMap
+
+ROUTE_RECALL_AT_1_FLOOR = 64.0      # README: 67.6% on the embedded demo route (±10 frames)
+NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR = 78.0  # measured 82.0% on places 300-399 (±10 frames); README
 
 
 def test_shipped_model_loads_by_default_with_its_provenance():
@@ -21,7 +25,10 @@ def test_shipped_model_loads_by_default_with_its_provenance():
 def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
     metrics = run_demo(None, tmp_path / "demo", None, tolerance=10, live=False)
     assert metrics["num_queries"] == metrics["num_references"] == 179
-    assert 0.0 <= metrics["recall@1"] <= metrics["recall@5"] <= 100.0
+    # A quality floor a few points under what the README shows (67.6%, from `make demo`): a broken
+    # model, preprocessing or matching falls far below it.
+    assert metrics["recall@1"] >= ROUTE_RECALL_AT_1_FLOOR, metrics
+    assert metrics["recall@5"] >= metrics["recall@1"]
     reference = tmp_path / "demo" / "route" / "reference"
     assert main(["build-map", "--images", str(reference), "--out", str(tmp_path / "map")]) == 0
     assert PlaceMap.load(tmp_path / "map").fingerprint == DescriptorEncoder().fingerprint
@@ -44,3 +51,18 @@ def test_live_demo_runs_the_shipped_model_in_the_node(tmp_path):
         result = run_live_demo(None, tmp_path / "map", subset, work_dir=tmp_path / "live", progress=False)
         assert result["num_queries"] == count and result["answered"] + result["dropped"] == count
         assert result["answered"] > 0
+
+
+def test_shipped_model_quality_on_held_out_nordland_places(tmp_path):
+    """Nordland64 places 300-399 (held out from training), winter against summer; the whole route
+    takes minutes here. Measured with the same command: Recall@1 82.0%."""
+    data = require_dir(NORDLAND)
+    for season in ("summer", "winter"):
+        (tmp_path / season).mkdir()
+        for image in sorted((data / season).iterdir())[300:400]:
+            (tmp_path / season / image.name).symlink_to(image)  # links: the data stays where it is
+    assert main(["evaluate", "--reference", str(tmp_path / "summer"), "--query", str(tmp_path / "winter"),
+                 "--tolerance", "10", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_queries"] == metrics["num_references"] == 100
+    assert metrics["recall@1"] >= NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR, metrics

@@ -1,5 +1,9 @@
 """One frame in, one match out: the object that both the ROS node and offline evaluation call,
-so that what is measured offline is what runs on the robot."""
+so that what is measured offline is what runs on the robot.
+
+The node talks to nothing in `core` but this module: the localizer loads model and map, matches a
+frame (with the best place's metadata and pose), adds keyframes in mapping mode and saves the map.
+"""
 from __future__ import annotations
 
 import time
@@ -9,25 +13,35 @@ from pathlib import Path
 import numpy as np
 
 from vl2spike_ros.core.encoder import DescriptorEncoder
-from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.place_map import Place, PlaceMap
 from vl2spike_ros.core.sequence import SequenceMatcher
+from vl2spike_ros.errors import InputError
 
 MODES = ("localize", "map")
+
+
+class MapUpdateError(RuntimeError):
+    """The map refused a keyframe. Not the frame's fault, so the node reports it apart from bad input."""
 
 
 @dataclass
 class Match:
     query_index: int
-    place_ids: list[int]          # best first
+    place_ids: list[int]          # best first; never -1 (an approximate index may find fewer than K)
     scores: list[float]           # same order; cosine similarity (sequence-averaged when L > 1)
     accepted: bool                # best score >= match_threshold
     latency_ms: float
     added_place_id: int | None = None  # mapping mode: the keyframe this frame became, if any
+    best_place: Place | None = None    # metadata of place_ids[0]
 
     @property
     def best_place_id(self) -> int | None:
         return self.place_ids[0] if self.place_ids else None
+
+    @property
+    def pose(self) -> list[float] | None:
+        """The best place's pose (x, y, z, qx, qy, qz, qw) when the match is accepted and it has one."""
+        return self.best_place.pose if self.accepted and self.best_place is not None else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,14 +77,21 @@ class Localizer:
 
     @classmethod
     def from_paths(cls, checkpoint: str | Path | None, map_path: str | Path | None,
-                   device: str = "cpu", index_kind: str = "flat", **options) -> "Localizer":
-        """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty)."""
+                   device: str = "cpu", index_kind: str = "flat", num_threads: int = 0,
+                   **options) -> "Localizer":
+        """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty);
+        `num_threads` > 0 sets torch's CPU threads."""
+        if num_threads > 0:
+            import torch
+
+            torch.set_num_threads(num_threads)
         encoder = DescriptorEncoder(checkpoint, device=device)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,
                                       expected_dim=encoder.dim)
         elif options.get("mode", "localize") == "map":
             place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
+            _check_grows_one_by_one(place_map)
         else:
             raise InputError(f"map {map_path!r}: no such map directory; build one with "
                              "`vl2spike build-map` or start in mode 'map'")
@@ -80,6 +101,10 @@ class Localizer:
     def sequence_length(self) -> int:
         return self.sequence.length
 
+    @property
+    def map_size(self) -> int:
+        return len(self.place_map)
+
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -87,16 +112,26 @@ class Localizer:
             raise InputError("cannot localise against an empty map; map first or load a map")
         self.mode = mode
 
-    def localize(self, image: np.ndarray, encoding: str | None = None,
-                 place: Place | None = None) -> Match:
-        """Encodes one frame and matches it; ``place`` is the metadata used if it becomes a keyframe."""
+    def restart(self) -> None:
+        """Forget the recent queries and number queries from 0 again (robot moved, warm-up frames)."""
+        self.sequence.reset()
+        self.query_count = 0
+
+    def localize(self, image: np.ndarray, encoding: str | None = None, source: str = "",
+                 stamp: float | None = None, frames_skipped: int = 0) -> Match:
+        """Encodes one frame and matches it. `source` and `stamp` describe the frame should it become
+        a keyframe; `frames_skipped` counts frames dropped since the previous call (see match_descriptor)."""
         started = time.perf_counter()
         descriptor = self.encoder.encode_one(image, encoding)
-        return self.match_descriptor(descriptor, place, started)
+        return self.match_descriptor(descriptor, source, stamp, frames_skipped, started)
 
-    def match_descriptor(self, descriptor: np.ndarray, place: Place | None = None,
-                         started: float | None = None) -> Match:
+    def match_descriptor(self, descriptor: np.ndarray, source: str = "", stamp: float | None = None,
+                         frames_skipped: int = 0, started: float | None = None) -> Match:
+        """Matches one descriptor. Sequence matching assumes consecutive frames, so after skipped
+        frames it starts a new sequence rather than score a diagonal that is off by the gap."""
         started = time.perf_counter() if started is None else started
+        if frames_skipped:
+            self.sequence.reset()
         query_index = self.query_count
         self.query_count += 1
         place_ids: list[int] = []
@@ -107,9 +142,10 @@ class Localizer:
             if self.sequence.length == 1:
                 # Single frames go through the index itself, so HNSW / IVF-PQ maps stay sublinear.
                 top_scores, top_ids = self.place_map.search(descriptor[None, :], k)
-                place_ids = [int(i) for i in top_ids[0]]
-                scores = [float(s) for s in top_scores[0]]
-                best_single = scores[0]
+                found = top_ids[0] >= 0  # approximate indexes mark "fewer than k found" with -1
+                place_ids = [int(i) for i in top_ids[0][found]]
+                scores = [float(s) for s in top_scores[0][found]]
+                best_single = scores[0] if scores else -np.inf
             else:
                 similarity_row = self.place_map.similarities(descriptor[None, :])[0]
                 best_single = float(similarity_row.max())
@@ -119,8 +155,40 @@ class Localizer:
                 place_ids = [int(i) for i in ranked]
                 scores = [float(sequence_scores[i]) for i in ranked]
         accepted = bool(scores) and scores[0] >= self.match_threshold
+        best_place = self.place_map.places[place_ids[0]] if place_ids else None
         added = None
         if self.mode == "map" and (not len(self.place_map) or best_single < self.novelty_threshold):
-            added = self.place_map.add(descriptor[None, :], [place] if place else None)[0]
+            added = self.add_keyframe(descriptor, source, stamp, frame=query_index)
         return Match(query_index=query_index, place_ids=place_ids, scores=scores, accepted=accepted,
-                     latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added)
+                     latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added,
+                     best_place=best_place)
+
+    def add_keyframe(self, descriptor: np.ndarray, source: str = "", stamp: float | None = None,
+                     frame: int | None = None) -> int:
+        """Adds a place with this descriptor and metadata; returns its id. Raises MapUpdateError
+        when the map cannot take it."""
+        place = Place(place_id=len(self.place_map), source=source, frame=frame, stamp=stamp)
+        try:
+            return self.place_map.add(descriptor[None, :], [place])[0]
+        except InputError as error:
+            raise MapUpdateError(f"the map ({self.place_map.index_kind}, {len(self.place_map)} places) "
+                                 f"refused a keyframe: {error}") from error
+
+    def save_map(self, path: str | Path) -> int:
+        """Writes the map to `path` (atomically); returns the number of places saved."""
+        self.place_map.save(path)
+        return len(self.place_map)
+
+
+def _check_grows_one_by_one(place_map: PlaceMap) -> None:
+    """Mapping from an empty map adds one keyframe at a time: refuse an index kind that cannot take
+    that (IVF-PQ trains on its first add), at start instead of on every frame."""
+    trial = PlaceMap(place_map.dim, place_map.fingerprint, place_map.index_kind, **place_map.index_options)
+    vector = np.zeros((1, place_map.dim), dtype=np.float32)
+    vector[0, 0] = 1.0
+    try:
+        trial.add(vector)
+    except InputError as error:
+        raise InputError(f"index {place_map.index_kind!r} cannot start from an empty map in mode 'map' "
+                         f"({error}); build a first map with `vl2spike build-map --index "
+                         f"{place_map.index_kind}` or map with index flat or hnsw") from error

@@ -1,10 +1,15 @@
 """The live part of `make demo`: the query traverse goes through a running `vpr_node` over DDS.
 
 `run_live_demo` writes the query traverse as a rosbag2 (unless it already is one), starts
-`vpr_node` as its own process with the map, replays the bag on the node's `image` topic at a fixed
-rate over DDS on loopback, collects `~/match` and `/diagnostics`, stops the node and returns
-Recall@1/5/10 (percent of ALL queries: a dropped or unanswered frame is a miss), latency percentiles
-(inside the node, and publish-to-match end to end) and the node's drop count.
+`vpr_node` as its own process with the map, warms it up on one frame and resets its sequence (so
+the warm-up frame neither enters sequence matching nor the query count), replays the bag on the
+node's `image` topic over DDS on loopback, collects `~/match` and `/diagnostics`, stops the node and
+returns Recall@K (percent of ALL queries: a dropped or unanswered frame is a miss), latency
+percentiles (inside the node, and publish-to-match end to end) and the node's drop count.
+
+Replay is at a fixed rate (what a camera does: frames the node cannot keep up with are dropped), or
+in lockstep (each frame waits for the previous one's match: no drops, so the live Recall@K equals
+the offline evaluation's exactly).
 """
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,69 +27,87 @@ from typing import Any
 
 import numpy as np
 
+from vl2spike_ros.demo.node_process import log_tail, node_command, ros_environment, stop_process
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.ros.node_support import percentiles
+from vl2spike_ros.evaluation.metrics import RECALL_KS
+from vl2spike_ros.ros.node_diagnostics import percentiles
+from vl2spike_ros.ros.parameters import TRANSPORTS
 
 DEMO_NAMESPACE = "/vl2spike_demo"
-RECALL_KS = (1, 5, 10)
+SUMMARY_KS = (1, 5, 10)  # the Recall@K printed in the one-line summary (all of RECALL_KS are in the JSON)
+WARMUP_ANSWER_TIMEOUT_S = 10.0  # per warm-up frame; the first inference includes lazy start-up work
+LOCKSTEP_ANSWER_TIMEOUT_S = 60.0
 
 
-def ros_environment(work_dir: str | Path, domain_id: int | None = None) -> dict[str, str]:
-    """ROS variables that keep DDS on loopback and logs in `work_dir`; the domain id is kept when set."""
-    if domain_id is None:
-        domain_id = int(os.environ.get("ROS_DOMAIN_ID") or 1 + os.getpid() % 100)
-    ros_home = Path(work_dir) / "ros_home"
-    ros_home.mkdir(parents=True, exist_ok=True)
-    return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOCALHOST_ONLY": "1",
-            "ROS_DOMAIN_ID": str(domain_id), "ROS_HOME": str(ros_home)}
+class MatchCollector:
+    """Collects `~/match` answers to the replayed frames (by header stamp) and the node's diagnostics."""
+
+    def __init__(self, stamp_to_index: dict[tuple[int, int], int], node_prefix: str) -> None:
+        self.stamp_to_index = stamp_to_index
+        self.node_prefix = node_prefix
+        self.matches: dict[int, dict] = {}
+        self.received_at: dict[int, float] = {}
+        self.published_at: dict[int, float] = {}
+        self.other_stamps: set[tuple[int, int]] = set()  # answers to frames outside the replay (warm-up)
+        self.diagnostics: list[dict[str, str]] = []
+        self.changed = threading.Condition()
+
+    def on_match(self, message: Any) -> None:
+        body = json.loads(message.data)
+        key = (body["stamp"]["sec"], body["stamp"]["nanosec"])
+        with self.changed:
+            if key in self.stamp_to_index:
+                index = self.stamp_to_index[key]
+                self.matches[index] = body
+                self.received_at[index] = time.monotonic()
+            else:
+                self.other_stamps.add(key)
+            self.changed.notify_all()
+
+    def on_diagnostics(self, message: Any) -> None:
+        for status in message.status:
+            if status.name.startswith(self.node_prefix):
+                with self.changed:
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
+                    self.changed.notify_all()
+
+    def wait_for(self, predicate, timeout_s: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout_s)
 
 
-def node_command(ros_args: list[str]) -> list[str]:
-    """The installed console script `vpr_node` beside this Python, else `python -m vl2spike_ros.ros.node`."""
-    script = Path(sys.executable).parent / "vpr_node"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script), "--ros-args", *ros_args]
-    return [sys.executable, "-m", "vl2spike_ros.ros.node", "--ros-args", *ros_args]
+def live_recalls(matches: dict[int, dict], query_frames: list[int], reference_frames: list[int],
+                 tolerance: int, top_k: int) -> dict[int, float]:
+    """Recall@K (percent) over all queries, from the node's answers; an unanswered query is a miss."""
+    from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
 
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> int:
-    """SIGINT (a clean ROS shutdown), then SIGKILL if it does not exit in time; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return process.returncode
+    ranked = np.full((len(query_frames), top_k), -1, dtype=np.int64)
+    for index, body in matches.items():
+        ids = body["place_ids"][:top_k]
+        ranked[index, : len(ids)] = ids
+    positives = frame_tolerance_positives(query_frames, reference_frames, tolerance)
+    return recall_at_k(ranked, positives, ks=tuple(k for k in RECALL_KS if k <= top_k))
 
 
 def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir: str | Path,
                   tolerance: int = 10, work_dir: str | Path | None = None, rate_hz: float = 10.0,
                   sequence_length: int = 1, transport: str = "raw", num_threads: int = 1,
                   startup_timeout_s: float = 120.0, max_queries: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, lockstep: bool = False) -> dict[str, Any]:
     """Replay `query_dir` (folder or bag) through a live `vpr_node` holding `map_dir`; see the module doc.
 
-    The returned dict (also written to `work_dir/live_metrics.json`) has `recall@1`, `recall@5`,
-    `recall@10` (percent), `num_queries`, `answered`, `dropped`, `invalid`,
-    `latency_ms` and `end_to_end_ms` (each {p50, p90, p99}), `rate_hz` and the paths used.
+    The node's answers go to `work_dir/live_matches.json` (per query: place ids, scores, the node's
+    query index). The returned dict (also written to `work_dir/live_metrics.json`) has `recall@K` (percent) for
+    each K of RECALL_KS up to the map size, `num_queries`, `answered`, `dropped`, `invalid`,
+    `latency_ms` and `end_to_end_ms` (each {p50, p90, p99}), `rate_hz`, `lockstep` and the paths used.
     """
-    from vl2spike_ros.sources.bags import write_bag
-    from vl2spike_ros.sources.image_folders import is_bag, open_sequence
-    from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
     from vl2spike_ros.core.place_map import PlaceMap
-    from vl2spike_ros.ros.bag_tools import bag_messages, play_bag
+    from vl2spike_ros.ros.bag_tools import bag_messages
+    from vl2spike_ros.sources.traverses import is_bag, open_sequence
+    from vl2spike_ros.sources.bags import write_bag
 
-    if transport not in ("raw", "compressed"):
-        raise InputError(f"transport {transport!r}: expected raw or compressed")
+    if transport not in TRANSPORTS:
+        raise InputError(f"transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
     if not rate_hz > 0:
         raise InputError(f"rate {rate_hz} Hz: expected a positive rate")
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="vl2spike_live_"))
@@ -110,11 +132,7 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     query_sequence = open_sequence(bag)
     frames = query_sequence.frames[:max_queries] if max_queries else query_sequence.frames
     _, msgtype, messages = bag_messages(bag)
-    stamp_to_index: dict[tuple[int, int], int] = {}
-    for message in messages:
-        if message.index >= len(frames):
-            break
-        stamp_to_index[divmod(message.stamp_ns, 10**9)] = message.index
+    stamp_to_index = {divmod(m.stamp_ns, 10**9): m.index for m in messages if m.index < len(frames)}
 
     # 2. ROS on loopback, for the node process and for this one (before rclpy starts).
     env_updates = ros_environment(work_dir)
@@ -128,129 +146,26 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
                 "-p", f"transport:={transport}", "-p", f"num_threads:={num_threads}",
                 "-p", "publish_match_image:=false"]
     log_path = work_dir / "vpr_node.log"
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from std_msgs.msg import String
-
-    matches: dict[int, dict] = {}
-    received_at: dict[int, float] = {}
-    published_at: dict[int, float] = {}
-    warmup_answered = threading.Event()
-    diagnostics: list[dict[str, str]] = []
-    lock = threading.Lock()
-    image_topic = f"{DEMO_NAMESPACE}/image" + ("/compressed" if transport == "compressed" else "")
-
-    def on_match(message: String) -> None:
-        body = json.loads(message.data)
-        key = (body["stamp"]["sec"], body["stamp"]["nanosec"])
-        with lock:
-            if key in stamp_to_index:
-                index = stamp_to_index[key]
-                matches[index] = body
-                received_at[index] = time.monotonic()
-            else:
-                warmup_answered.set()
-
-    def on_diagnostics(message: DiagnosticArray) -> None:
-        for status in message.status:
-            if status.name.startswith(f"{DEMO_NAMESPACE}/vpr_node"):
-                with lock:
-                    diagnostics.append({kv.key: kv.value for kv in status.values})
-
+    collector = MatchCollector(stamp_to_index, f"{DEMO_NAMESPACE}/vpr_node")
     with open(log_path, "w") as log:
         process = subprocess.Popen(node_command(ros_args), stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, **env_updates})
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    node = rclpy.create_node("vl2spike_live_demo", context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    node.create_subscription(String, f"{DEMO_NAMESPACE}/vpr_node/match", on_match, 1000)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    if progress:
+        print(f"live demo: starting vpr_node (log: {log_path})", flush=True)
     try:
-        # 3. Wait until the node is active (it subscribes only then), then warm it up.
-        from vl2spike_ros.ros.bag_tools import ros_message_class, wait_for_subscribers
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        if progress:
-            print(f"live demo: starting vpr_node (log: {log_path})", flush=True)
-        probe = node.create_publisher(ros_message_class(msgtype), image_topic,
-                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        if not wait_for_subscribers(node, probe, 1, startup_timeout_s, alive=lambda: process.poll() is None):
-            raise InputError(f"vpr_node did not become active (exit code {process.poll()}); "
-                             f"last log lines:\n{_log_tail(log_path)}")
-        first = next(bag_messages(bag)[2])
-        from vl2spike_ros.ros.bag_tools import restamped
-
-        warm_deadline = time.monotonic() + 30.0
-        while not warmup_answered.is_set():  # a stamp no query has: its match is not counted
-            if time.monotonic() > warm_deadline or process.poll() is not None:
-                raise InputError(f"vpr_node did not answer a warm-up frame; last log lines:\n"
-                                 f"{_log_tail(log_path)}")
-            probe.publish(restamped(first, 1))
-            warmup_answered.wait(0.5)
-        time.sleep(0.3)  # let the warm-up frame's match go by
-        if progress:
-            print(f"live demo: replaying {len(frames)} query frames at {rate_hz:g} Hz on {image_topic}",
-                  flush=True)
-
-        def on_publish(message, when: float) -> None:
-            published_at[message.index] = when
-
-        stop = threading.Event()
-        count = [0]
-
-        def limited(message, when: float) -> None:
-            on_publish(message, when)
-            count[0] += 1
-            if count[0] >= len(frames):
-                stop.set()
-
-        play_bag(node, bag, out_topic=image_topic, rate_hz=rate_hz, wait_subscribers=1,
-                 wait_timeout_s=10.0, on_publish=limited, stop=stop, publisher=probe)
-        # 4. Let the last frames come back, then take the node's final diagnostics.
-        settle_deadline = time.monotonic() + 10.0
-        last_count, last_change = -1, time.monotonic()
-        while time.monotonic() < settle_deadline:
-            with lock:
-                answered = len(matches)
-            if answered >= len(frames):
-                break
-            if answered != last_count:
-                last_count, last_change = answered, time.monotonic()
-            elif time.monotonic() - last_change > 2.0:
-                break
-            time.sleep(0.1)
-        with lock:
-            seen = len(diagnostics)
-        diag_deadline = time.monotonic() + 3.0
-        while time.monotonic() < diag_deadline:
-            with lock:
-                if len(diagnostics) > seen:
-                    break
-            time.sleep(0.05)
+        _replay_through_node(process, log_path, bag, msgtype, len(frames), collector, rate_hz,
+                             transport, startup_timeout_s, lockstep, progress)
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
-        spinner.join(timeout=5.0)
         exit_code = stop_process(process)
-    final_diagnostics = diagnostics[-1] if diagnostics else {}
+    final_diagnostics = collector.diagnostics[-1] if collector.diagnostics else {}
 
     # 5. Metrics: Recall@K over ALL queries (unanswered = miss), latencies, drops.
-    query_frames = [frame.frame for frame in frames]
-    ranked = np.full((len(frames), top_k), -1, dtype=np.int64)
-    for index, body in matches.items():
-        ids = body["place_ids"][:top_k]
-        ranked[index, : len(ids)] = ids
-    positives = frame_tolerance_positives(query_frames, reference_frames, tolerance)
-    recalls = recall_at_k(ranked, positives, ks=tuple(k for k in RECALL_KS if k <= top_k) or (top_k,))
+    recalls = live_recalls(collector.matches, [frame.frame for frame in frames], reference_frames,
+                           tolerance, top_k)
+    matches, published_at, received_at = collector.matches, collector.published_at, collector.received_at
     end_to_end = [1000.0 * (received_at[i] - published_at[i]) for i in matches if i in published_at]
     result: dict[str, Any] = {
-        **{f"recall@{k}": float(recalls.get(k, recalls[max(recalls)])) for k in RECALL_KS},
+        **{f"recall@{k}": float(value) for k, value in recalls.items()},
         "num_queries": len(frames),
         "num_references": len(place_map),
         "answered": len(matches),
@@ -260,6 +175,7 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
         "latency_ms": percentiles([body["latency_ms"] for body in matches.values()]),
         "end_to_end_ms": percentiles(end_to_end),
         "rate_hz": rate_hz,
+        "lockstep": lockstep,
         "tolerance": tolerance,
         "sequence_length": sequence_length,
         "transport": transport,
@@ -270,19 +186,116 @@ def run_live_demo(checkpoint: str | Path | None, map_dir: str | Path, query_dir:
     from vl2spike_ros.core.atomic_files import write_json_atomic
 
     write_json_atomic(work_dir / "live_metrics.json", result)
+    # The node's answers in the layout of the offline matches.json (unanswered queries: empty lists).
+    answers = [matches.get(index, {}) for index in range(len(frames))]
+    write_json_atomic(work_dir / "live_matches.json", {
+        "place_ids": [body.get("place_ids", []) for body in answers],
+        "scores": [body.get("scores", []) for body in answers],
+        "query_index": [body.get("query_index") for body in answers],
+    })
     return result
+
+
+def _replay_through_node(process: subprocess.Popen, log_path: Path, bag: Path, msgtype: str, count: int,
+                         collector: MatchCollector, rate_hz: float, transport: str,
+                         startup_timeout_s: float, lockstep: bool, progress: bool) -> None:
+    """Steps 3 and 4: wait for the node, warm it up, reset its sequence, replay, let answers settle."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from vl2spike_ros.ros.bag_tools import (bag_messages, play_bag, restamped, ros_message_class,
+                                            wait_for_subscribers)
+
+    image_topic = f"{DEMO_NAMESPACE}/image" + ("/compressed" if transport == "compressed" else "")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    node = rclpy.create_node("vl2spike_live_demo", context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    node.create_subscription(String, f"{DEMO_NAMESPACE}/vpr_node/match", collector.on_match, 1000)
+    node.create_subscription(DiagnosticArray, "/diagnostics", collector.on_diagnostics, 10)
+    alive = lambda: process.poll() is None  # noqa: E731
+
+    def failed(what: str) -> InputError:
+        return InputError(f"vpr_node {what} (exit code {process.poll()}); last log lines:\n{log_tail(log_path)}")
+
+    try:
+        # 3. Wait until the node is active (it subscribes only then), then warm it up on one frame.
+        probe = node.create_publisher(ros_message_class(msgtype), image_topic,
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        if not wait_for_subscribers(node, probe, 1, startup_timeout_s, alive=alive):
+            raise failed("did not become active")
+        # A frame from the middle of the traverse: were it kept in the node's sequence history, the
+        # first queries would be scored against the wrong stretch of the route.
+        warmup = next(m for m in bag_messages(bag)[2] if m.index == count // 2)
+        # Warm-up stamps 1, 2, ... (no query has them). Only the answer to the LAST one sent counts:
+        # the node answers in order, so no earlier warm-up frame can be processed after it.
+        for warmup_stamp in range(1, 1 + int(startup_timeout_s / WARMUP_ANSWER_TIMEOUT_S) + 1):
+            probe.publish(restamped(warmup, warmup_stamp))
+            if collector.wait_for(lambda: (0, warmup_stamp) in collector.other_stamps or not alive(),
+                                  WARMUP_ANSWER_TIMEOUT_S) and alive():
+                break
+        else:
+            raise failed("did not answer a warm-up frame")
+        if not alive():
+            raise failed("stopped during warm-up")
+        client = node.create_client(Trigger, f"{DEMO_NAMESPACE}/vpr_node/reset_sequence")
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise failed("offers no ~/reset_sequence")
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + 30.0
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not future.done() or not future.result().success:
+            raise failed("did not reset its sequence after the warm-up")
+        if progress:
+            pace = "in lockstep" if lockstep else f"at {rate_hz:g} Hz"
+            print(f"live demo: replaying {count} query frames {pace} on {image_topic}", flush=True)
+
+        stop = threading.Event()
+
+        def on_publish(message, when: float) -> None:
+            collector.published_at[message.index] = when
+            if lockstep and not collector.wait_for(
+                    lambda: message.index in collector.matches or not alive(), LOCKSTEP_ANSWER_TIMEOUT_S):
+                raise failed(f"did not answer query {message.index} in {LOCKSTEP_ANSWER_TIMEOUT_S:g} s")
+            if message.index + 1 >= count:
+                stop.set()
+
+        play_bag(node, bag, out_topic=image_topic, rate_hz=rate_hz, wait_subscribers=1,
+                 wait_timeout_s=10.0, on_publish=on_publish, stop=stop, publisher=probe)
+        # 4. Let the last frames come back (until every query is answered or answers stop coming),
+        #    then take the node's final diagnostics.
+        while len(collector.matches) < count:
+            answered = len(collector.matches)
+            if not collector.wait_for(lambda: len(collector.matches) > answered, 2.0):
+                break
+        seen = len(collector.diagnostics)
+        collector.wait_for(lambda: len(collector.diagnostics) > seen, 3.0)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        spinner.join(timeout=5.0)
 
 
 def format_summary(result: dict[str, Any]) -> str:
     def ms(values: dict[str, float | None]) -> str:
         return " / ".join("n/a" if values[k] is None else f"{values[k]:.1f}" for k in ("p50", "p90", "p99"))
 
+    pace = "lockstep" if result["lockstep"] else f"{result['rate_hz']:g} Hz"
+    recalls = "  ".join(f"Recall@{k} {result[f'recall@{k}']:.1f}%" for k in SUMMARY_KS if f"recall@{k}" in result)
     return "\n".join([
-        f"live (vpr_node over DDS, {result['transport']}, {result['rate_hz']:g} Hz): "
+        f"live (vpr_node over DDS, {result['transport']}, {pace}): "
         f"{result['answered']}/{result['num_queries']} queries answered, "
         f"{result['dropped']} dropped, {result['invalid']} invalid",
-        f"  Recall@1 {result['recall@1']:.1f}%  Recall@5 {result['recall@5']:.1f}%  "
-        f"Recall@10 {result['recall@10']:.1f}%  (tolerance {result['tolerance']} frames)",
+        f"  {recalls}  (tolerance {result['tolerance']} frames)",
         f"  latency in node p50/p90/p99: {ms(result['latency_ms'])} ms; "
         f"publish-to-match: {ms(result['end_to_end_ms'])} ms",
     ])
@@ -296,14 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", required=True, help="query image folder or bag")
     parser.add_argument("--tolerance", type=int, default=10)
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (default 10)")
-    parser.add_argument("--transport", choices=("raw", "compressed"), default="raw")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="send each frame after the previous one's match (no drops; --rate is then an upper bound)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="raw")
     parser.add_argument("--sequence-length", type=int, default=1)
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args(argv)
     try:
         result = run_live_demo(args.checkpoint, args.map, args.query, args.tolerance, args.work_dir,
                                rate_hz=args.rate, sequence_length=args.sequence_length,
-                               transport=args.transport)
+                               transport=args.transport, lockstep=args.lockstep)
     except InputError as error:
         print(f"live demo: error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vl2spike_ros.demo.live import SUMMARY_KS
 from vl2spike_ros.errors import InputError
 
 TRAVERSE_PAIRS = (("summer", "winter"), ("reference", "query"))
@@ -49,7 +50,7 @@ def run(data: Path | None, out: Path, checkpoint: str | None, tolerance: int, li
     write_evaluation(result, out / "offline", f"{query_dir.name} vs {reference_dir.name}, ±{tolerance} frames")
     metrics = result.metrics
     print("offline, single frame: " + "  ".join(
-        f"Recall@{k} {metrics[f'recall@{k}']:.1f}%" for k in (1, 5, 10))
+        f"Recall@{k} {metrics[f'recall@{k}']:.1f}%" for k in SUMMARY_KS)
         + f"  PR-AUC {metrics['pr_auc']:.3f}")
     print(f"map: {out / 'map'}  metrics: {out / 'offline' / 'metrics.json'}  "
           f"PR plot: {out / 'offline' / 'pr_curve.png'}")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vl2spike_ros.sources.image_folders import ImageFolderSequence, ImageSequence, open_sequence
+from vl2spike_ros.sources.frames import ImageSequence
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+from vl2spike_ros.sources.traverses import open_sequence
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.metrics import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
@@ -66,6 +68,16 @@ def require_enough_references(count: int) -> None:
                          "Recall@K needs at least K references")
 
 
+def require_frame_numbers(place_map: PlaceMap) -> None:
+    """Frame-tolerance ground truth compares frame numbers: refuse, before any encoding, a map whose
+    places have none (a map assembled elsewhere, e.g. by vpr_node from a live stream)."""
+    unnumbered = sum(place.frame is None for place in place_map.places)
+    if unnumbered:
+        raise InputError(f"--map: {unnumbered} of {len(place_map)} places have no frame number, so "
+                         "--tolerance (frames) cannot tell which are right; give --radius with "
+                         "--query-poses (the map needs poses) or rebuild the map from numbered images")
+
+
 def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query: ImageSequence,
                          tolerance: int, sequence_length: int = 1, progress: bool = True,
                          radius: float | None = None,
@@ -78,13 +90,19 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
         raise InputError("--radius needs poses for the map places (build-map --poses or "
                          "--reference-poses) and for the queries (--query-poses)")
     require_enough_references(len(place_map))
+    if radius is None:
+        require_frame_numbers(place_map)
     query_descriptors = encode_sequence(encoder, query, "query", progress)
     localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length)
     started = time.perf_counter()
     matches = [localizer.match_descriptor(descriptor) for descriptor in query_descriptors]
     matching_ms = (time.perf_counter() - started) * 1000.0 / max(len(matches), 1)
-    ranked_ids = np.array([match.place_ids for match in matches], dtype=np.int64)
-    ranked_scores = np.array([match.scores for match in matches], dtype=np.float32)
+    # An approximate index may find fewer than K places: pad with id -1 (a miss) and score -inf.
+    ranked_ids = np.full((len(matches), localizer.top_k), -1, dtype=np.int64)
+    ranked_scores = np.full((len(matches), localizer.top_k), -np.inf, dtype=np.float32)
+    for row, match in enumerate(matches):
+        ranked_ids[row, : len(match.place_ids)] = match.place_ids
+        ranked_scores[row, : len(match.scores)] = match.scores
     if radius is None:
         positives = frame_tolerance_positives(
             np.array([frame.frame for frame in query.frames]),

@@ -46,7 +46,7 @@ def make_bag(images: str | Path, out: str | Path, topic: str | None = None, stor
              frame_id: str = "camera", input_topic: str | None = None, progress: bool = False) -> Path:
     """An image folder (Nordland layout) or another bag -> a new rosbag2 keeping each frame's source."""
     from vl2spike_ros.sources.bags import write_bag
-    from vl2spike_ros.sources.image_folders import open_sequence
+    from vl2spike_ros.sources.traverses import open_sequence
 
     if not Path(images).exists():
         raise InputError(f"images {images}: no such folder or bag")

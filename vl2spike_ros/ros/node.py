@@ -8,28 +8,31 @@ Interface (design §3; schema and examples in the README, section ROS 2):
 - publishes `~/match` (std_msgs/String JSON), `~/pose` (PoseWithCovarianceStamped, when the map has
   poses and the match is accepted), `~/match_image` (query beside its best match, only while
   subscribed) and `/diagnostics` (DiagnosticArray);
-- services `~/save_map` (std_srvs/Trigger) and `~/set_mapping` (std_srvs/SetBool);
-- lifecycle: configure loads and checks model and map, activate subscribes, deactivate and cleanup
-  release; parameter `autostart` (default true) configures and activates at start.
+- services `~/save_map` (std_srvs/Trigger), `~/set_mapping` (std_srvs/SetBool) and
+  `~/reset_sequence` (std_srvs/Trigger: forget recent frames, number queries from 0);
+- lifecycle: configure loads and checks model and map, activate subscribes and starts the worker,
+  deactivate and cleanup release, shutdown ends in `finalized`; parameter `autostart` (default
+  true) configures and activates at start. Ctrl-C (SIGINT, also a second one) and SIGTERM shut
+  down through the lifecycle shutdown transition.
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -37,16 +40,17 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from vl2spike_ros.ros import image_messages as ros_images
+from vl2spike_ros.core.localizer import Localizer, MapUpdateError
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.ros.node_support import (PARAMETERS, PARAMETER_SPECS, FrameSlot, NodeStats, check_parameter,
-                        diagnostic_values, match_json)
+from vl2spike_ros.ros import image_messages as ros_images
+from vl2spike_ros.ros.frame_slot import FrameSlot
+from vl2spike_ros.ros.match_image import ReferenceImages, match_picture
+from vl2spike_ros.ros.match_message import match_json
+from vl2spike_ros.ros.node_diagnostics import NodeStats, StatusReporter, diagnostic_values
+from vl2spike_ros.ros.parameters import PARAMETERS, PARAMETER_SPECS, check_parameter
 
 NODE_NAME = "vpr_node"
-RUNTIME_TUNABLE = ("mode", "top_k", "match_threshold", "novelty_threshold", "publish_match_image",
-                   "pose_variance", "invalid_log_period")
-THUMBNAIL_HEIGHT = 120
-MAX_THUMBNAILS = 20000
+SPIN_PERIOD_S = 0.1  # how soon the main loop notices Ctrl-C
 
 
 def _descriptor(spec) -> ParameterDescriptor:
@@ -66,60 +70,38 @@ def _descriptor(spec) -> ParameterDescriptor:
     return descriptor
 
 
-def _thumbnail(rgb: np.ndarray, height: int = THUMBNAIL_HEIGHT) -> np.ndarray:
-    import cv2
-
-    if rgb.shape[0] <= height:
-        return rgb.copy()
-    width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def side_by_side(query: np.ndarray, reference: np.ndarray | None, caption: str) -> np.ndarray:
-    """Query (left) beside the matched reference (right), both scaled to one height, with a caption."""
-    import cv2
-
-    height = max(query.shape[0], reference.shape[0] if reference is not None else 0, 96)
-
-    def scaled(image: np.ndarray) -> np.ndarray:
-        width = max(1, round(image.shape[1] * height / image.shape[0]))
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
-
-    panels = [scaled(query)] + ([scaled(reference)] if reference is not None else [])
-    canvas = np.concatenate(panels, axis=1) if len(panels) > 1 else panels[0].copy()
-    banner = np.zeros((24, canvas.shape[1], 3), dtype=np.uint8)
-    if reference is None:
-        caption += " (reference image unavailable)"
-    cv2.putText(banner, caption, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.ascontiguousarray(np.concatenate([banner, canvas], axis=0))
-
-
 class VprNode(LifecycleNode):
     """Lifecycle node `vpr_node`; see the module docstring for its interface."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._lock = threading.Lock()  # guards the localizer (worker vs. services and parameters)
-        self._localizer = None
+        self._localizer: Localizer | None = None
         self._slot = FrameSlot()
         self._vpr_stats = NodeStats()
+        self._status = StatusReporter()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._image_sub = None
+        self._image_topic = ""
         self._vpr_pubs: dict[str, Any] = {}
         self._vpr_srvs: list[Any] = []
-        self._thumbnails: dict[int, np.ndarray] = {}
         self._vpr_state = "unconfigured"
-        self._last_invalid_reported = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         self._vpr_settings = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        self._references = ReferenceImages(self._vpr_settings["reference_images"])
+        # /diagnostics also reports an unconfigured or inactive node, so it is not a lifecycle publisher.
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(self._vpr_settings["diagnostics_period"],
                                                     self._publish_diagnostics)
         self.get_logger().info(f"{NODE_NAME} from {Path(__file__).resolve().parent} "
                                f"(image conversion: {ros_images.BACKEND})")
+
+    @property
+    def state(self) -> str:
+        return self._vpr_state
 
     # --- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -150,15 +132,9 @@ class VprNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._vpr_settings
         try:
-            import torch
-
-            from vl2spike_ros.core.localizer import Localizer
-
-            if settings["num_threads"] > 0:
-                torch.set_num_threads(settings["num_threads"])
             localizer = Localizer.from_paths(
                 settings["model_path"] or None, settings["map_path"] or None, device=settings["device"],
-                index_kind=settings["index"], top_k=settings["top_k"],
+                index_kind=settings["index"], num_threads=settings["num_threads"], top_k=settings["top_k"],
                 sequence_length=settings["sequence_length"], match_threshold=settings["match_threshold"],
                 novelty_threshold=settings["novelty_threshold"], mode=settings["mode"])
         except InputError as error:
@@ -170,88 +146,86 @@ class VprNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self._localizer = localizer
-            self._thumbnails.clear()
+            self._references.clear()
         self._vpr_pubs = {
-            "match": self.create_publisher(String, "~/match", 10),
-            "pose": self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10),
-            "match_image": self.create_publisher(Image, "~/match_image", 1),
+            "match": self.create_lifecycle_publisher(String, "~/match", 10),
+            "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
+            "match_image": self.create_lifecycle_publisher(Image, "~/match_image", 1),
         }
         self._vpr_srvs = [
             self.create_service(Trigger, "~/save_map", self._on_save_map),
             self.create_service(SetBool, "~/set_mapping", self._on_set_mapping),
+            self.create_service(Trigger, "~/reset_sequence", self._on_reset_sequence),
         ]
-        encoder = localizer.encoder
         self.get_logger().info(
-            f"configured: model {encoder.fingerprint[:12]} (dim {encoder.dim}, {settings['device']}), "
-            f"map {settings['map_path'] or '(new)'} with {len(localizer.place_map)} places, "
-            f"mode {localizer.mode}")
+            f"configured: model {localizer.encoder.fingerprint[:12]} (dim {localizer.encoder.dim}, "
+            f"{settings['device']}), map {settings['map_path'] or '(new)'} with {localizer.map_size} "
+            f"places ({localizer.place_map.index_kind}), mode {localizer.mode}")
         self._vpr_state = "inactive"
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # activates the lifecycle publishers first
         if self._vpr_settings["transport"] == "compressed":
-            self._image_sub = self.create_subscription(
+            subscription = self.create_subscription(
                 CompressedImage, "image/compressed", self._on_compressed, qos_profile_sensor_data)
         else:
-            self._image_sub = self.create_subscription(
-                Image, "image", self._on_image, qos_profile_sensor_data)
+            subscription = self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
+        self._image_sub, self._image_topic = subscription, subscription.topic_name
         self._slot.reopen()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
         self._worker.start()
         self._vpr_state = "active"
-        self.get_logger().info(f"active: listening on {self._image_sub.topic_name} "
-                               f"({self._vpr_settings['transport']})")
-        return TransitionCallbackReturn.SUCCESS
+        self.get_logger().info(f"active: listening on {self._image_topic} ({self._vpr_settings['transport']})")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_active()
+        self._vpr_state = "inactive"
+        self.get_logger().info("inactive: unsubscribed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_configured()
+        self._vpr_state = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_active()
+        self._release_configured()
+        self._vpr_state = "finalized"
+        self.get_logger().info("finalized")
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_active()
+        self._release_configured()
+        self._vpr_state = "unconfigured"
+        return super().on_error(state)
 
     def _release_active(self) -> None:
+        """Unsubscribes, then stops the worker and waits for it: no frame is in flight afterwards,
+        and the next activate cannot start a second worker beside a lingering one."""
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
             self._image_sub = None
         self._stop.set()
         self._slot.close()
         if self._worker is not None:
-            self._worker.join(timeout=30.0)
+            self._worker.join()
             self._worker = None
 
     def _release_configured(self) -> None:
         for publisher in self._vpr_pubs.values():
-            self.destroy_publisher(publisher)
+            self.destroy_lifecycle_publisher(publisher)
         self._vpr_pubs = {}
         for service in self._vpr_srvs:
             self.destroy_service(service)
         self._vpr_srvs = []
         with self._lock:
             self._localizer = None
-            self._thumbnails.clear()
-
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_active()
-        self._vpr_state = "inactive"
-        self.get_logger().info("inactive: unsubscribed")
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_active()
-        self._release_configured()
-        self._vpr_state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_active()
-        self._release_configured()
-        self._vpr_state = "finalized"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release_active()
-        self._release_configured()
-        self._vpr_state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    @property
-    def state(self) -> str:
-        return self._vpr_state
+            self._references.clear()
 
     # --- input ----------------------------------------------------------------------------------
     def _invalid(self, error: InputError) -> None:
@@ -277,50 +251,47 @@ class VprNode(LifecycleNode):
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            message = self._slot.take(timeout=0.2)
-            if message is None:
+            taken = self._slot.take(timeout=1.0)
+            if taken is None:
                 continue
+            message, frames_skipped = taken
             try:
-                self._process(message)
-            except InputError as error:
+                self._process(message, frames_skipped)
+            except InputError as error:  # found only on decoding, e.g. a cut JPEG
                 self._invalid(error)
+            except MapUpdateError as error:
+                self._vpr_stats.record_map_error(str(error))
+                self.get_logger().error(f"map error: {error} ({self._vpr_stats.map_errors} so far)",
+                                        throttle_duration_sec=5.0)
             except Exception as error:  # noqa: BLE001 - keep serving the next frame
                 self.get_logger().error(f"frame failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=5.0)
                 self.get_logger().debug(traceback.format_exc())
+            finally:
+                self._slot.finish()
 
-    def _process(self, message: Any) -> None:
-        from vl2spike_ros.core.place_map import Place
-
+    def _process(self, message: Any, frames_skipped: int) -> None:
         rgb = ros_images.message_to_rgb(message)
         stamp = message.header.stamp
         with self._lock:
             localizer = self._localizer
             if localizer is None:
                 return
-            place = None
-            if localizer.mode == "map":
-                seconds = stamp.sec + stamp.nanosec * 1e-9
-                topic = self._image_sub.topic_name if self._image_sub is not None else "image"
-                place = Place(place_id=len(localizer.place_map),
-                              source=f"{topic}@{stamp.sec}.{stamp.nanosec:09d}",
-                              frame=localizer.query_count, stamp=seconds)
-            match = localizer.localize(rgb, place=place)
-            if match.added_place_id is not None and len(self._thumbnails) < MAX_THUMBNAILS:
-                self._thumbnails[match.added_place_id] = _thumbnail(rgb)
-            body = match_json(match, stamp.sec, stamp.nanosec, message.header.frame_id,
-                              localizer.mode, localizer.place_map)
-            best = localizer.place_map.places[match.best_place_id] if match.place_ids else None
-            has_poses = localizer.place_map.has_poses
+            match = localizer.localize(rgb, source=f"{self._image_topic}@{stamp.sec}.{stamp.nanosec:09d}",
+                                       stamp=stamp.sec + stamp.nanosec * 1e-9, frames_skipped=frames_skipped)
+            if match.added_place_id is not None:
+                self._references.remember(match.added_place_id, rgb)
+            body = match_json(match, stamp.sec, stamp.nanosec, message.header.frame_id, localizer.mode,
+                              localizer.map_size)
+            picture = (match_picture(rgb, match, self._references)
+                       if self._vpr_settings["publish_match_image"]
+                       and self._vpr_pubs["match_image"].get_subscription_count() > 0 else None)
         self._vpr_stats.record_match(match)
-        publishers = self._vpr_pubs
-        if not publishers:
-            return
-        publishers["match"].publish(String(data=json.dumps(body)))
-        if match.accepted and has_poses and best is not None and best.pose is not None:
-            publishers["pose"].publish(self._pose_message(message.header.stamp, best.pose))
-        if self._vpr_settings["publish_match_image"] and publishers["match_image"].get_subscription_count() > 0:
-            publishers["match_image"].publish(self._match_image(rgb, match, best, message.header))
+        self._vpr_pubs["match"].publish(String(data=json.dumps(body)))
+        if match.pose is not None:
+            self._vpr_pubs["pose"].publish(self._pose_message(stamp, match.pose))
+        if picture is not None:
+            self._vpr_pubs["match_image"].publish(ros_images.rgb_to_image(picture, message.header))
 
     def _pose_message(self, stamp: Any, pose: list[float]) -> PoseWithCovarianceStamped:
         message = PoseWithCovarianceStamped()
@@ -336,33 +307,6 @@ class VprNode(LifecycleNode):
         message.pose.covariance = covariance
         return message
 
-    def _reference_image(self, place) -> np.ndarray | None:
-        if place is None:
-            return None
-        if place.place_id in self._thumbnails:
-            return self._thumbnails[place.place_id]
-        candidates = [Path(place.source)] if Path(place.source).is_absolute() else []
-        if self._vpr_settings["reference_images"] and place.source:
-            candidates.append(Path(self._vpr_settings["reference_images"]) / place.source)
-        for path in candidates:
-            if path.is_file():
-                try:
-                    from vl2spike_ros.core.images import read_image
-
-                    return read_image(path)
-                except InputError:
-                    return None
-        return None
-
-    def _match_image(self, rgb: np.ndarray, match, best, header) -> Image:
-        if match.place_ids:
-            caption = (f"query {match.query_index} -> place {match.place_ids[0]} "
-                       f"score {match.scores[0]:.3f} {'accepted' if match.accepted else 'rejected'}")
-        else:
-            caption = f"query {match.query_index}: empty map"
-        composite = side_by_side(rgb, self._reference_image(best), caption)
-        return ros_images.rgb_to_image(composite, header)
-
     # --- services ---------------------------------------------------------------------------------
     def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         path = self._vpr_settings["map_path"]
@@ -374,8 +318,7 @@ class VprNode(LifecycleNode):
                 response.success, response.message = False, "not configured: no map to save"
                 return response
             try:
-                self._localizer.place_map.save(path)
-                count = len(self._localizer.place_map)
+                count = self._localizer.save_map(path)
             except (InputError, OSError) as error:
                 response.success, response.message = False, f"cannot save the map: {error}"
                 self.get_logger().error(response.message)
@@ -391,48 +334,63 @@ class VprNode(LifecycleNode):
         response.message = f"mode {mode}" if result.successful else result.reason
         return response
 
+    def _on_reset_sequence(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if self._localizer is None:
+                response.success, response.message = False, "not configured"
+                return response
+            self._localizer.restart()
+        response.success, response.message = True, "recent frames forgotten; next query is number 0"
+        self.get_logger().info(response.message)
+        return response
+
     # --- diagnostics ----------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         stats = self._vpr_stats.snapshot()
         with self._lock:
             localizer = self._localizer
             extra = {"state": self._vpr_state, "mode": localizer.mode if localizer else self._vpr_settings["mode"],
-                     "map_size": len(localizer.place_map) if localizer else 0,
+                     "map_size": localizer.map_size if localizer else 0,
                      "model": localizer.encoder.fingerprint[:12] if localizer else "n/a",
                      "transport": self._vpr_settings["transport"], "image_conversion": ros_images.BACKEND}
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name()}: place recognition"
-        status.hardware_id = "vl2spike_ros"
-        new_invalid = stats["invalid_frames"] - self._last_invalid_reported
-        self._last_invalid_reported = stats["invalid_frames"]
-        if self._vpr_state != "active":
-            status.level, status.message = DiagnosticStatus.WARN, f"{self._vpr_state}: not processing images"
-        elif new_invalid:
-            status.level = DiagnosticStatus.WARN
-            status.message = f"{new_invalid} invalid frame(s) dropped: {stats['last_invalid_reason']}"
-        else:
-            status.level, status.message = DiagnosticStatus.OK, f"{stats['rate_hz']:.1f} Hz"
+        level, text = self._status.status(self._vpr_state, stats)
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: place recognition",
+                                  hardware_id="vl2spike_ros", level=getattr(DiagnosticStatus, level),
+                                  message=text)
         status.values = [KeyValue(key=k, value=v) for k, v in
-                         diagnostic_values(stats, self._slot.received, self._slot.dropped, extra)]
+                         diagnostic_values(stats, self._slot.received, self._slot.dropped, self._slot.pending, extra)]
         message = DiagnosticArray()
         message.header.stamp = self.get_clock().now().to_msg()
         message.status = [status]
         self._diagnostics.publish(message)
 
 
+def _print_help() -> None:
+    print(__doc__)
+    print("usage: vpr_node [--ros-args -p NAME:=VALUE ... -r image:=TOPIC]\n\nparameters:")
+    for spec in PARAMETERS:
+        flags = " (read-only)" if spec.read_only else ""
+        print(f"  {spec.name} [{spec.default!r}]{flags}: {spec.description}")
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script `vpr_node`: `vpr_node --ros-args -p map_path:=... -r image:=/camera/image_raw`."""
+    """Console script `vpr_node`: `vpr_node --ros-args -p map_path:=... -r image:=/camera/image_raw`.
+
+    Exit codes: 0 after a clean shutdown, 1 when autostart cannot configure or activate, 2 for
+    invalid parameter overrides."""
     argv = sys.argv if args is None else args
     if any(flag in argv[1:] for flag in ("-h", "--help")) and "--ros-args" not in argv:
-        print(__doc__)
-        print("usage: vpr_node [--ros-args -p NAME:=VALUE ... -r image:=TOPIC]\n\nparameters:")
-        for spec in PARAMETERS:
-            flags = " (read-only)" if spec.read_only else ""
-            print(f"  {spec.name} [{spec.default!r}]{flags}: {spec.description}")
+        _print_help()
         return 0
-    rclpy.init(args=argv)
+    # Our own handlers instead of rclpy's: a signal only asks the main loop to stop, which then takes
+    # the lifecycle shutdown transition. A second SIGINT (launch forwards Ctrl-C again) finds the
+    # request already made; no KeyboardInterrupt can surface in the middle of cleanup. They stay
+    # installed until the process ends, so that a late signal cannot interrupt the interpreter's exit.
+    stop_requested = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop_requested.set())
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
-    code = 0
     try:
         try:
             node = VprNode()
@@ -448,17 +406,17 @@ def main(args: list[str] | None = None) -> int:
                 return 1
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+        while not stop_requested.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        executor.remove_node(node)
+        if node.state != "finalized":
+            node.get_logger().info(f"shutting down from {node.state}")
+            node.trigger_shutdown()
+        return 0 if node.state == "finalized" else 1
     finally:
         if node is not None:
-            node._release_active()
-            node._release_configured()
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
 
 
 if __name__ == "__main__":

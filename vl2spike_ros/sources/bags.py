@@ -16,7 +16,7 @@ from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
-from vl2spike_ros.sources.image_folders import Frame, ImageSequence
+from vl2spike_ros.sources.frames import Frame, ImageSequence
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import ENCODINGS, decode_compressed, to_rgb
 

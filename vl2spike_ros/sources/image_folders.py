@@ -1,40 +1,16 @@
-"""Image sequences: a folder of images (Nordland layout `images-NNNNN.png`) or a rosbag2."""
+"""A folder of images as a traverse (Nordland layout `images-NNNNN.png`: frame number from the name)."""
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import read_image
+from vl2spike_ros.sources.frames import Frame
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
-
-
-@dataclass(frozen=True)
-class Frame:
-    """Where one image of a sequence came from."""
-
-    index: int  # 0-based position in the sequence
-    source: str  # file name, or "<topic>#<index>" for a bag without recorded sources
-    frame: int  # original frame number (Nordland: NNNNN of images-NNNNN.png), else the index
-    stamp: float | None = None  # seconds; bags only
-
-
-class ImageSequence(Protocol):
-    """What every sequence offers: frames in order and their RGB uint8 images."""
-
-    @property
-    def frames(self) -> list[Frame]: ...
-
-    def __len__(self) -> int: ...
-
-    def read(self, index: int) -> np.ndarray: ...
-
-    def __iter__(self) -> Iterator[tuple[Frame, np.ndarray]]: ...
 
 
 def frame_numbers(stems: list[str]) -> list[int]:
@@ -98,23 +74,3 @@ class ImageFolderSequence:
                 )
         assert expected is not None  # the constructor refuses empty folders
         return expected
-
-
-def is_bag(path: str | Path) -> bool:
-    """A rosbag2 directory (with metadata.yaml) or a single .db3 / .mcap file."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / "metadata.yaml").is_file()
-    return path.suffix.lower() in (".db3", ".mcap")
-
-
-def open_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
-    """Open a rosbag2 or an image folder, whichever `path` is; `topic` applies to bags only."""
-    if is_bag(path):
-        # Imported here because bags.py builds on Frame from this module.
-        from vl2spike_ros.sources.bags import BagSequence
-
-        return BagSequence(path, topic=topic)
-    if topic is not None:
-        raise InputError(f"topic {topic!r}: only a rosbag2 has topics, {path} is an image folder")
-    return ImageFolderSequence(path)

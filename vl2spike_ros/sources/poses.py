@@ -10,7 +10,7 @@ import csv
 import math
 from pathlib import Path
 
-from vl2spike_ros.sources.image_folders import Frame
+from vl2spike_ros.sources.frames import Frame
 from vl2spike_ros.errors import InputError
 
 REQUIRED = ("source", "x", "y")
