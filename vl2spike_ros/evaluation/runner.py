@@ -93,9 +93,8 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
         positives = metric_radius_positives(np.array(query_poses)[:, :3],
                                             np.array([place.pose for place in place_map.places])[:, :3], radius)
     metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives)
-    top1 = ranked_ids[:, 0]
-    top1_correct = (top1 >= 0) & positives[np.arange(len(top1)), np.maximum(top1, 0)]  # -1: no result
-    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.any(axis=1))
+    top1_correct = positives.hits(ranked_ids[:, :1])[:, 0]  # -1 (no result) is never a hit
+    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.has_positive)
     metrics.update(tolerance=tolerance, radius=radius, sequence_length=sequence_length,
                    checkpoint_fingerprint=encoder.fingerprint, index=place_map.index_kind,
                    matching_ms_per_query=round(matching_ms, 4))
