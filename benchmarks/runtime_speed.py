@@ -15,16 +15,11 @@ import time
 import numpy as np
 import torch
 
+from vl2spike_ros.benchmark.measure import sample_ms
+
 
 def median_ms(function, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        function()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        samples.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(samples)
+    return statistics.median(sample_ms(function, repeats, warmup))
 
 
 def main() -> None:

@@ -63,9 +63,10 @@ class Localizer:
 
     @classmethod
     def from_paths(cls, checkpoint: str | Path | None, map_path: str | Path | None,
-                   device: str = "cpu", index_kind: str = "flat", **options) -> "Localizer":
+                   device: str = "cpu", index_kind: str = "flat", backend: str = "torch",
+                   **options) -> "Localizer":
         """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty)."""
-        encoder = DescriptorEncoder(checkpoint, device=device)
+        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,
                                       expected_dim=encoder.dim)
