@@ -11,7 +11,8 @@ import torch
 
 from vl2spike_ros.benchmark.measure import percentile_summary, sample_ms
 from vl2spike_ros.core.encoder import DescriptorEncoder
-from vl2spike_ros.core.energy import E_MAC_PJ, count_macs, estimate_energy
+from vl2spike_ros.core.energy import count_macs, estimate_energy
+from vl2spike_ros.errors import InputError
 
 VIT_IMAGE_SIZE = 224
 
@@ -43,7 +44,10 @@ def student_speed(encoder: DescriptorEncoder, frames: list[np.ndarray], repeats:
 
 
 def vit_b32(device: torch.device):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    try:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    except ImportError:
+        raise InputError("the ViT-B/32 reference needs transformers (requirements-dev.txt)") from None
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
