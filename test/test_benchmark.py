@@ -23,7 +23,7 @@ KEYS = ("encode_ms_p50", "encode_ms_p95", "encode_fps_batch32", "vit_b32_encode_
 def test_tiny_benchmark_writes_every_key(tmp_path):
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "vl2spike_ros.cli", "benchmark", "--out", str(out), "--quick",
-               "--backend", "torch", "--map-sizes", "1000,1200,1500", "--node-places", "300",
+               "--backend", "torch", "--map-sizes", "1000,1200,1500", "--hnsw-max-places", "1200", "--node-places", "300",
                "--node-frames", "45", "--eval-places", "60", "--repeats", "5", "--vit-repeats", "1",
                "--batch-repeats", "1", "--soak", "390"]
     done = subprocess.run(command, env={**os.environ, **support.ROS_ENV}, capture_output=True, text=True,
@@ -35,7 +35,10 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
     assert results["quick"] is True and results["sizes"]["map_sizes"] == [1000, 1200, 1500]
     assert results["evaluate_places"] == 60 and results["node_places"] == 300
     assert results["node_frames"] == 45 and results["soak_frames"] == 390
-    assert {row["index"] for row in results["map_search"]} == {"flat", "hnsw", "ivfpq"}
+    assert [(row["places"], row["index"]) for row in results["map_search"]][-3:] == [
+        (1200, "ivfpq"), (1500, "flat"), (1500, "ivfpq")]
+    assert results["map_not_built"] == [{"places": 1500, "index": "hnsw",
+                                         "reason": "above --hnsw-max-places (build time)"}]
     assert set(results["targets"]) == set(TARGETS)
     assert "| speedup_vs_vit_b32_batch1 |" in (out / "benchmark.md").read_text()
     assert "speedup_vs_vit_b32_batch1" in done.stdout  # the table is printed too

@@ -100,13 +100,18 @@ def encode_part(args, sizes: dict, results: dict) -> None:
 
 
 def map_part(sizes: dict, results: dict) -> None:
-    from vl2spike_ros.benchmark.map_search import search_at_size
+    from vl2spike_ros.benchmark.map_search import INDEX_KINDS, search_at_size
 
     rows = []
     for label, places in zip(SIZE_LABELS, sizes["map_sizes"]):
         log(f"map search: {places:,} synthetic places, dim {results['descriptor_dim']}")
+        kinds = tuple(kind for kind in INDEX_KINDS if kind != "hnsw" or places <= sizes["hnsw_max_places"])
         at_size = search_at_size(places, results["descriptor_dim"], results["checkpoint_fingerprint"],
-                                 num_queries=200, repeats=sizes["repeats"], progress=log)
+                                 num_queries=200, repeats=sizes["repeats"], kinds=kinds, progress=log)
+        if "hnsw" not in kinds:
+            log(f"  map {places:>9,} hnsw   not built (above --hnsw-max-places {sizes['hnsw_max_places']:,})")
+            results.setdefault("map_not_built", []).append(
+                {"places": places, "index": "hnsw", "reason": "above --hnsw-max-places (build time)"})
         rows.extend(at_size)
         best = recommended_index(at_size)
         results[f"map_{label}_places"] = places
