@@ -11,7 +11,7 @@ from vl2spike_ros.benchmark.measure import percentile_summary, resident_mb, samp
 from vl2spike_ros.core.place_map import PlaceMap
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
-QUERY_NOISE = 0.05  # per dimension: a query is a revisited place's descriptor, perturbed (cos ~0.65)
+QUERY_NOISE = 0.05  # per dimension: a query is a revisited place's descriptor, perturbed (cos ~0.78)
 
 
 def unit_rows(rng: np.random.Generator, count: int, dim: int, chunk: int = 65536) -> np.ndarray:
