@@ -16,6 +16,7 @@ setup(
         f"{PACKAGE}.evaluation",
         f"{PACKAGE}.ros",
         f"{PACKAGE}.demo",
+        f"{PACKAGE}.benchmark",
         "vl2spike_training",
     ],
     # training/ is the offline side: importable as vl2spike_training, never imported by the runtime.

@@ -84,8 +84,7 @@ def vit_speed(device: torch.device, repeats: int, batch_repeats: int) -> tuple[d
 
 
 def student_energy(encoder: DescriptorEncoder, frames: list[np.ndarray]) -> dict:
-    images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255.0).to(encoder.device)
-    report = estimate_energy(encoder.model, images)
+    report = estimate_energy(encoder.model, encoder.preprocess(frames).to(encoder.device))
     return {"snn_energy_pj": report.snn_energy_pj, "ann_energy_pj": report.ann_energy_pj,
             "ratio_vs_ann": report.ratio, "frames": report.num_frames}
 
