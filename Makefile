@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-
 ROS_LOOPBACK := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
 DATA ?=
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test bench venv clean-venv
 venv: $(STAMP)
 
 $(STAMP): $(INSTALL_INPUTS)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(ROS_LOOPBACK) $(PY) -m pytest -q test
+
+# The full benchmark (README, "Benchmark"); BENCH_ARGS=--quick for the few-minute version.
+BENCH_OUT ?= benchmark_results
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(ROS_LOOPBACK) $(VENV)/bin/vl2spike benchmark --out $(BENCH_OUT) --threads 1 $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,6 +18,7 @@ setup(
         f"{PACKAGE}.evaluation",
         f"{PACKAGE}.ros",
         f"{PACKAGE}.demo",
+        f"{PACKAGE}.benchmark",
         "vl2spike_training",
     ],
     # training/ is the offline side: importable as vl2spike_training, never imported by the runtime.
@@ -47,6 +48,7 @@ setup(
         "rosbags>=0.10",
         "rosbags-image>=0.9",
         "scikit-image>=0.22",  # its bundled photographs are the embedded demo route
+        "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5",  # --backend onnxruntime, vl2spike export
     ],
     extras_require={
         # The ROS 2 Python wheels from PyPI; on a ROS 2 install these come from apt/rosdep instead.

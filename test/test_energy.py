@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import photo, tiny_student
-from vl2spike_ros.core.energy import E_AC_PJ, E_MAC_PJ, EnergyReport, estimate_energy
+from vl2spike_ros.core.energy import E_AC_PJ, E_MAC_PJ, EnergyReport, ann_energy_of, count_macs, estimate_energy
 
 H, W, C, HEADS, D = 32, 64, 32, 2, 16   # tiny config: 32x64 input, patch 4, 8x16 = 128 tokens
 N = (H // 4) * (W // 4)
@@ -218,3 +218,15 @@ def test_report_serialises_and_formats(model):
     table = report.format_table()
     assert all(layer.name in table for layer in report.layers)
     assert "total" in table and "µJ" in table and "SNN/ANN" in table
+
+
+def test_ann_macs_of_conv_and_linear_layers_by_hand():
+    # Conv 3->8, 3x3, stride 2 on 16x16 (8x8 out), then Linear 8*8*8 -> 10: per frame
+    # 8*8*8 outputs x 27 + 10 x 512; the batch of 3 is divided out; training mode is restored.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(512, 10)).train()
+    expected = 8 * 8 * 8 * 27 + 10 * 512
+    assert count_macs(model, torch.rand(3, 3, 16, 16)) == expected
+    assert model.training
+    assert ann_energy_of(model, torch.rand(2, 3, 16, 16)) == {"macs": expected,
+                                                              "ann_energy_pj": E_MAC_PJ * expected}

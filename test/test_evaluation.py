@@ -7,6 +7,7 @@ import pytest
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.metrics import (
+    MetricRadiusTruth,
     evaluate_rankings,
     frame_tolerance_positives,
     metric_radius_positives,
@@ -20,6 +21,40 @@ from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, writ
 
 
 # --- ground truth ---------------------------------------------------------------------------------
+# The dense [Q, N] construction the metrics used before ground truth scaled to full Nordland; kept
+# here only as the reference the scalable forms must reproduce exactly.
+def dense_frame_positives(query_frames, reference_frames, tolerance):
+    queries = np.asarray(query_frames, dtype=np.int64)
+    references = np.asarray(reference_frames, dtype=np.int64)
+    return np.abs(queries[:, np.newaxis] - references[np.newaxis, :]) <= tolerance
+
+
+def dense_radius_positives(query_positions, reference_positions, radius):
+    queries = np.asarray(query_positions, dtype=float)
+    references = np.asarray(reference_positions, dtype=float)
+    squared = np.zeros((len(queries), len(references)))
+    for axis in range(queries.shape[1]):
+        squared += (queries[:, axis, np.newaxis] - references[np.newaxis, :, axis]) ** 2
+    return squared <= float(radius) ** 2
+
+
+def dense_metrics(ranked, top1_scores, positives):
+    """Today's metrics computed from the dense matrix, as evaluate_rankings did before."""
+    rows = np.arange(len(ranked))[:, np.newaxis]
+    hits = positives[rows, np.maximum(ranked, 0)] & (ranked >= 0)
+    found = np.cumsum(hits, axis=1) > 0
+    out = {f"recall@{k}": 100.0 * float(found[:, min(k, ranked.shape[1]) - 1].mean()) for k in (1, 5, 10, 20)}
+    out["pr_auc"] = pr_auc(top1_scores, hits[:, 0], positives.any(axis=1))
+    out["recall@100p"] = 100.0 * recall_at_100_precision(top1_scores, hits[:, 0], positives.any(axis=1))
+    return out, hits, positives.any(axis=1)
+
+
+def all_hits(truth):
+    """Every (query, reference) pair through the scalable interface, for small cases."""
+    ranks = np.tile(np.arange(truth.num_references), (truth.num_queries, 1))
+    return truth.hits(ranks)
+
+
 def test_frame_tolerance_positives():
     positives = frame_tolerance_positives([10, 20, 30], [8, 12, 25, 31], tolerance=2)
     expected = np.array(
@@ -29,8 +64,9 @@ def test_frame_tolerance_positives():
             [False, False, False, True],
         ]
     )
-    np.testing.assert_array_equal(positives, expected)
-    np.testing.assert_array_equal(frame_tolerance_positives([5], [5, 6], tolerance=0), [[True, False]])
+    np.testing.assert_array_equal(all_hits(positives), expected)
+    np.testing.assert_array_equal(positives.has_positive, [True, False, True])
+    np.testing.assert_array_equal(all_hits(frame_tolerance_positives([5], [5, 6], tolerance=0)), [[True, False]])
     with pytest.raises(InputError, match="tolerance must be a finite number >= 0"):
         frame_tolerance_positives([1], [1], tolerance=-1)
     with pytest.raises(InputError, match="query_frames must be a 1-D sequence of integers"):
@@ -40,17 +76,48 @@ def test_frame_tolerance_positives():
 def test_metric_radius_positives():
     queries = [[0.0, 0.0], [10.0, 0.0]]
     references = [[3.0, 4.0], [0.0, 0.5], [10.0, 6.0]]
+    truth = metric_radius_positives(queries, references, radius=5.0)
+    np.testing.assert_array_equal(all_hits(truth), [[True, True, False], [False, False, False]])
+    np.testing.assert_array_equal(truth.has_positive, [True, False])
     np.testing.assert_array_equal(
-        metric_radius_positives(queries, references, radius=5.0),
-        [[True, True, False], [False, False, False]],
-    )
-    np.testing.assert_array_equal(
-        metric_radius_positives([[0, 0, 0]], [[0, 0, 2], [0, 0, 3]], radius=2.5), [[True, False]]
+        all_hits(metric_radius_positives([[0, 0, 0]], [[0, 0, 2], [0, 0, 3]], radius=2.5)), [[True, False]]
     )
     with pytest.raises(InputError, match="radius must be a finite number >= 0"):
         metric_radius_positives(queries, references, radius=-0.1)
     with pytest.raises(InputError, match="give both 2D or both 3D"):
         metric_radius_positives(queries, [[0, 0, 0]], radius=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scalable_ground_truth_gives_the_dense_results(seed, monkeypatch):
+    """Random small traverses (repeated, unsorted frames; -1 results; 2D/3D poses): hits,
+    has-positive and every metric equal what the dense [Q, N] matrix gives."""
+    rng = np.random.default_rng(seed)
+    num_queries, num_references = int(rng.integers(25, 60)), int(rng.integers(20, 50))
+    query_frames = rng.integers(0, 80, num_queries)
+    reference_frames = rng.permutation(rng.integers(0, 80, num_references))
+    tolerance = float(rng.choice([0, 1, 2.5, 7]))
+    ranked = np.stack([rng.permutation(num_references)[:20] for _ in range(num_queries)])
+    ranked[rng.random(ranked.shape) < 0.05] = -1
+    scores = np.round(rng.random(num_queries), 1)  # ties on purpose
+    dimensions = 2 + seed % 2
+    query_positions = rng.normal(size=(num_queries, dimensions)) * 5
+    reference_positions = rng.normal(size=(num_references, dimensions)) * 5
+    # Chunks of a few queries, so the chunked any-positive scan crosses chunk borders.
+    monkeypatch.setattr(MetricRadiusTruth, "QUERY_CHUNK_ELEMENTS", 3 * num_references)
+    cases = [(frame_tolerance_positives(query_frames, reference_frames, tolerance),
+              dense_frame_positives(query_frames, reference_frames, tolerance)),
+             (metric_radius_positives(query_positions, reference_positions, 4.0),
+              dense_radius_positives(query_positions, reference_positions, 4.0))]
+    for truth, dense in cases:
+        np.testing.assert_array_equal(all_hits(truth), dense)
+        expected, hits, has_positive = dense_metrics(ranked, scores, dense)
+        np.testing.assert_array_equal(truth.hits(ranked), hits)
+        np.testing.assert_array_equal(truth.has_positive, has_positive)
+        if has_positive.any():
+            metrics = evaluate_rankings(ranked, scores, truth)
+            assert {key: metrics[key] for key in expected} == expected
+            assert evaluate_rankings(ranked, scores, dense) == metrics
 
 
 # --- Recall@K ------------------------------------------------------------------------------------

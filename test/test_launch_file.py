@@ -14,7 +14,7 @@ import yaml
 
 from vl2spike_ros.ros.launch_arguments import (EXECUTABLE, NODE_NAME, NODE_PARAMETER_ARGUMENTS, PACKAGE,
                                                TOPIC_ARGUMENTS, exit_failure, image_remappings)
-from vl2spike_ros.ros.node_support import PARAMETER_SPECS
+from vl2spike_ros.ros.parameters import PARAMETER_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "vpr.launch.py"

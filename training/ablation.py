@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
 from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, write_json_atomic  # noqa: E402
+from vl2spike_ros.core.energy import E_MAC_PJ  # noqa: E402
 
 from .loop import log_line  # noqa: E402
 from .trainer import TRAIN_CNN, resolve_teacher, train_student  # noqa: E402
@@ -73,7 +74,7 @@ def _markdown(report: dict) -> str:
     teacher = report["teacher"]
     figures = ", ".join(f"{key} {value:.2f}%" for key, value in teacher.get("metrics", {}).items())
     energy = teacher.get("energy")
-    energy_text = f"; energy/frame {energy['ann_energy_pj'] * 1e-6:.4f} µJ (ANN, 4.6 pJ/MAC)" if energy else ""
+    energy_text = f"; energy/frame {energy['ann_energy_pj'] * 1e-6:.4f} µJ (ANN, {E_MAC_PJ} pJ/MAC)" if energy else ""
     lines += ["", f"Teacher: {teacher.get('description', teacher['spec'])}: {figures or 'no figures'}{energy_text}."]
     lines += [f"SPL: {report['spl']}", ""]
     return "\n".join(lines)

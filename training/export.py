@@ -23,34 +23,6 @@ def energy_of(model: SpikformerStudent, images: torch.Tensor) -> dict:
             "ratio": report.ratio, "frames": report.num_frames}
 
 
-E_MAC_PJ = 4.6  # Horowitz 2014, 45 nm, 32-bit float multiply-accumulate (design §5)
-
-
-@torch.no_grad()
-def ann_energy_of(model: torch.nn.Module, images: torch.Tensor) -> dict:
-    """Energy per frame of an ANN image encoder: 4.6 pJ per MAC of its Conv2d and Linear layers
-    (design §5's E_ANN), measured with forward hooks on `images`."""
-    macs = 0
-
-    def count(module, inputs, output) -> None:
-        nonlocal macs
-        if isinstance(module, torch.nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            per_output = module.in_features
-        macs += output.numel() * per_output
-
-    handles = [module.register_forward_hook(count) for module in model.modules()
-               if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        model.eval()(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    per_frame = macs / images.shape[0]
-    return {"macs": per_frame, "ann_energy_pj": E_MAC_PJ * per_frame}
-
-
 def export_student(path: str | Path, model: SpikformerStudent, summary: dict) -> dict:
     """Writes the checkpoint and `<path stem>.json`; returns {path, fingerprint, sidecar}."""
     path = Path(path)

@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.atomic_files import atomic_write_bytes, write_json_atomic
+from vl2spike_ros.core.energy import ann_energy_of
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
 from .config import config_digest
 from .data import load_place_traverses
 from .evaluation import SpikeRateMeter
-from .export import ann_energy_of, energy_of, export_student
+from .export import energy_of, export_student
 from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membrane_consistency,
                      prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
                      temporal_warmup_weight, text_logit_kd)

@@ -26,12 +26,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="student checkpoint (.safetensors); default: the model the package ships")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the student in PyTorch or ONNX Runtime (exported on first use into "
+                             "$XDG_CACHE_HOME/vl2spike_ros; same descriptors, same maps) (default torch)")
 
 
 def _encoder(args: argparse.Namespace):
     from vl2spike_ros.core.encoder import DescriptorEncoder
 
-    return DescriptorEncoder(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    return DescriptorEncoder(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                             backend=getattr(args, "backend", "torch"))
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -140,6 +144,27 @@ def cmd_init_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vl2spike_ros.core.checkpoint import load_checkpoint
+    from vl2spike_ros.core.onnx_export import export_onnx
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite, "ONNX model")
+    model, info = load_checkpoint(args.checkpoint)
+    export_onnx(model, info, out)
+    config = info.config
+    print(f"exported model {info.fingerprint[:12]} to {out}: uint8 [B, {config.image_height}, "
+          f"{config.image_width}, {config.in_channels}] RGB in, float32 [B, {config.descriptor_dim}] out")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from vl2spike_ros.benchmark.run import run_benchmark
+
+    run_benchmark(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vl2spike", description="Visual place recognition with a distilled spiking transformer.")
@@ -203,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--overwrite", action="store_true", help="replace an existing file")
     init.set_defaults(func=cmd_init_checkpoint)
 
+    export = commands.add_parser("export", help="export the student as an ONNX model",
+                                 description="Write the whole student as one ONNX graph (uint8 RGB frames "
+                                             "at the input size in, unit descriptors out) with the "
+                                             "checkpoint's fingerprint and config in its metadata.")
+    export.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    export.add_argument("--out", required=True, help="file to write (.onnx)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    export.set_defaults(func=cmd_export)
+
+    from vl2spike_ros.benchmark.options import add_benchmark_command
+
+    add_benchmark_command(commands, cmd_benchmark)
     add_replay_commands(commands)
     return parser
 

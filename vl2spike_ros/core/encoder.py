@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vl2spike_ros.core.backends import BACKENDS, make_backend, torch_device
 from vl2spike_ros.core.checkpoint import load_checkpoint
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import to_rgb
@@ -25,22 +26,25 @@ def resize_for_student(rgb: np.ndarray, config: StudentConfig) -> np.ndarray:
 
 
 class DescriptorEncoder:
-    """Loads a student checkpoint (None: the shipped model) and encodes batches of images."""
+    """Loads a student checkpoint (None: the shipped model) and encodes batches of images.
+
+    backend "torch" runs the student in PyTorch on `device`; "onnxruntime" runs it exported
+    (`onnx_model`, or exported on first use into the user cache, keyed by the fingerprint).
+    """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu",
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, backend: str = "torch",
+                 onnx_model: str | Path | None = None, threads: int | None = None) -> None:
         if batch_size <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as error:
-            raise InputError(f"device {device!r}: {error}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.device = torch_device(device)
         self.model, self.info = load_checkpoint(checkpoint)
         self.model.to(self.device)
         self.config = self.info.config
         self.batch_size = batch_size
+        self.backend = make_backend(backend, self.model, self.info, self.device, onnx_model, threads)
 
     @property
     def fingerprint(self) -> str:
@@ -50,13 +54,14 @@ class DescriptorEncoder:
     def dim(self) -> int:
         return self.config.descriptor_dim
 
-    def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
-        """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> float [B, C, H, W] in [0, 1]."""
-        batch = [resize_for_student(to_rgb(np.asarray(image), encoding), self.config) for image in images]
-        array = np.stack(batch).astype(np.float32) / 255.0
-        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    def frames(self, images: Sequence[np.ndarray], encoding: str | None = None) -> np.ndarray:
+        """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> uint8 [B, H, W, C] at the input size."""
+        return np.stack([resize_for_student(to_rgb(np.asarray(image), encoding), self.config) for image in images])
 
-    @torch.inference_mode()
+    def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
+        """Images as `frames` takes them -> float [B, C, H, W] in [0, 1] (what the student sees)."""
+        return torch.from_numpy(self.frames(images, encoding)).permute(0, 3, 1, 2).float() / 255.0
+
     def encode(self, images: Iterable[np.ndarray], encoding: str | None = None,
                progress: bool = False, total: int | None = None,
                description: str = "encoding") -> np.ndarray:
@@ -66,8 +71,7 @@ class DescriptorEncoder:
         bar = tqdm(total=total, unit="img", desc=description, disable=not progress)
 
         def flush() -> None:
-            tensor = self.preprocess(pending, encoding).to(self.device)
-            chunks.append(self.model(tensor).descriptor.float().cpu().numpy())
+            chunks.append(self.backend(self.frames(pending, encoding)))
             bar.update(len(pending))
             pending.clear()
 

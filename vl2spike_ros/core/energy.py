@@ -285,3 +285,35 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
     return EnergyReport(layers=results, snn_energy_pj=snn, ann_energy_pj=ann,
                         ratio=snn / ann if ann else float("nan"), timesteps=timesteps,
                         num_frames=int(images.shape[0]), attention_order=attention_order)
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, *inputs: Any) -> float:
+    """Multiply-accumulates per frame of an ANN's Conv and Linear layers on `inputs` (first dim: frames),
+    counted with forward hooks; the one MAC counter of the code base (training's teacher energy and
+    the benchmark's ViT reference use it). Products of activations with activations (attention)
+    are not modules and are the caller's to add."""
+    macs = 0
+
+    def count(module: nn.Module, layer_inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        flops, rows = _module_flops(module, output)
+        macs += flops * rows
+
+    handles = [module.register_forward_hook(count) for module in model.modules()
+               if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return macs / inputs[0].shape[0]
+
+
+def ann_energy_of(model: nn.Module, images: torch.Tensor) -> dict:
+    """Energy per frame of an ANN image encoder (design §5's E_ANN): E_MAC_PJ per MAC of its Conv
+    and Linear layers, measured on `images`."""
+    per_frame = count_macs(model, images)
+    return {"macs": per_frame, "ann_energy_pj": E_MAC_PJ * per_frame}

@@ -78,14 +78,14 @@ class Localizer:
     @classmethod
     def from_paths(cls, checkpoint: str | Path | None, map_path: str | Path | None,
                    device: str = "cpu", index_kind: str = "flat", num_threads: int = 0,
-                   **options) -> "Localizer":
+                   backend: str = "torch", **options) -> "Localizer":
         """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty);
-        `num_threads` > 0 sets torch's CPU threads."""
+        `num_threads` > 0 sets torch's CPU threads; `backend` is the encoder's (torch | onnxruntime)."""
         if num_threads > 0:
             import torch
 
             torch.set_num_threads(num_threads)
-        encoder = DescriptorEncoder(checkpoint, device=device)
+        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,
                                       expected_dim=encoder.dim)

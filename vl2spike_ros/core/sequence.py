@@ -10,15 +10,15 @@ We score raw cosine similarities, without SeqSLAM's local contrast normalisation
 the distilled encoder are already comparable across the map, and raw scores keep one match
 threshold meaningful with and without sequence matching (L=1 returns the similarities unchanged).
 
-`sequence_scores` scores a whole [Q, N] matrix (offline evaluation); `SequenceMatcher` scores one
-query at a time (the robot). Both accumulate the same terms in the same order and precision, so
+`sequence_scores` scores a whole [Q, N] matrix, `sequence_top_k` a whole traverse in chunks of
+queries (offline evaluation at any size); `SequenceMatcher` scores one query at a time (the robot). Both accumulate the same terms in the same order and precision, so
 they give identical results on the same matrix.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,41 @@ def sequence_scores(
         total /= terms_by_steps[steps_taken]
         np.maximum(best, total, out=best)
     return best
+
+
+def sequence_top_k(
+    similarity_rows: Callable[[int, int], Any], num_queries: int, length: int, k: int,
+    velocities: Sequence[float] = DEFAULT_VELOCITIES, chunk_rows: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best k sequence scores and reference ids, float32 / int64 [Q, k], of a whole query traverse.
+
+    `similarity_rows(start, stop)` gives the similarities [stop - start, N] of those queries to
+    every reference (e.g. `lambda a, b: queries[a:b] @ references.T`). Equal to ranking each row of
+    `sequence_scores` on the whole matrix, but only `chunk_rows` queries plus the L-1 before them
+    are ever held, so full Nordland (27,592 x 27,592) needs megabytes, not gigabytes.
+    """
+    offset_rows = _offset_rows(length, velocities)  # refuses bad arguments before any work
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    history = len(offset_rows[0]) - 1
+    top_scores = np.empty((num_queries, k), dtype=np.float32)
+    top_ids = np.empty((num_queries, k), dtype=np.int64)
+    for start in range(0, num_queries, chunk_rows):
+        stop = min(start + chunk_rows, num_queries)
+        # The L-1 queries before the chunk take part in its first rows' sequences; a chunk that
+        # starts at query 0 has none, exactly like the whole matrix.
+        context = max(0, start - history)
+        scores = sequence_scores(similarity_rows(context, stop), length, velocities)[start - context:]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= scores.shape[1]:
+            raise InputError(f"k must be an integer in [1, {scores.shape[1]}], got {k!r}")
+        # Partition to the best k (linear in N), then order those by score, lower id first on ties
+        # (a tie at the k-th place itself may keep either id, as in the Localizer).
+        candidates = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
+        order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
+        ranked = np.take_along_axis(candidates, order, axis=1)
+        top_ids[start:stop] = ranked
+        top_scores[start:stop] = np.take_along_axis(scores, ranked, axis=1)
+    return top_scores, top_ids
 
 
 class SequenceMatcher:

@@ -12,6 +12,8 @@ Conventions (also what `metrics.json` reports):
 """
 from __future__ import annotations
 
+import abc
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,28 +29,116 @@ RECALL_KS = (1, 5, 10, 20)
 
 
 # --- ground truth ---------------------------------------------------------------------------------
-def frame_tolerance_positives(query_frames: Any, reference_frames: Any, tolerance: float) -> np.ndarray:
-    """Positives bool [Q, N]: reference n is positive for query q when |frame_q - frame_n| <= tolerance."""
-    queries = _integer_vector("query_frames", query_frames)
-    references = _integer_vector("reference_frames", reference_frames)
-    _check_non_negative("tolerance", tolerance)
-    return np.abs(queries[:, np.newaxis] - references[np.newaxis, :]) <= tolerance
+# Ground truth is never a dense [Q, N] matrix: full Nordland (27,592 x 27,592) would need GBs before
+# any descriptor is compared. A GroundTruth answers the two questions the metrics ask, whether each
+# ranked id is a positive ([Q, K] memory) and whether a query has any positive ([Q] memory).
+class GroundTruth(abc.ABC):
+    """Which references are positives of each query, as the metrics need it."""
+
+    num_queries: int
+    num_references: int
+
+    @abc.abstractmethod
+    def hits(self, ranks: np.ndarray) -> np.ndarray:
+        """bool [Q, K]: whether each ranked id (int64, -1: no result) is a positive of its query."""
+
+    @property
+    @abc.abstractmethod
+    def has_positive(self) -> np.ndarray:
+        """bool [Q]: whether the query has at least one positive reference."""
 
 
-def metric_radius_positives(query_positions: Any, reference_positions: Any, radius: float) -> np.ndarray:
-    """Positives bool [Q, N]: reference n is positive for query q when they are within `radius` metres."""
-    queries = _position_matrix("query_positions", query_positions)
-    references = _position_matrix("reference_positions", reference_positions)
-    if queries.shape[1] != references.shape[1]:
-        raise InputError(
-            f"query_positions have {queries.shape[1]} coordinates but reference_positions have "
-            f"{references.shape[1]}; give both 2D or both 3D"
-        )
-    _check_non_negative("radius", radius)
-    squared = np.zeros((len(queries), len(references)))
-    for axis in range(queries.shape[1]):  # one axis at a time keeps memory at one [Q, N] array
-        squared += (queries[:, axis, np.newaxis] - references[np.newaxis, :, axis]) ** 2
-    return squared <= float(radius) ** 2
+class FrameToleranceTruth(GroundTruth):
+    """Reference n is positive for query q when |frame_q - frame_n| <= tolerance."""
+
+    def __init__(self, query_frames: Any, reference_frames: Any, tolerance: float) -> None:
+        self.query_frames = _integer_vector("query_frames", query_frames)
+        self.reference_frames = _integer_vector("reference_frames", reference_frames)
+        _check_non_negative("tolerance", tolerance)
+        self.tolerance = tolerance
+        self.num_queries, self.num_references = len(self.query_frames), len(self.reference_frames)
+
+    def hits(self, ranks: np.ndarray) -> np.ndarray:
+        frames = self.reference_frames[np.maximum(ranks, 0)] if self.num_references else np.zeros_like(ranks)
+        return (np.abs(self.query_frames[:, np.newaxis] - frames) <= self.tolerance) & (ranks >= 0)
+
+    @property
+    def has_positive(self) -> np.ndarray:
+        if not self.num_references:
+            return np.zeros(self.num_queries, dtype=bool)
+        # Frame differences are integers, so |d| <= tolerance is |d| <= floor(tolerance); the nearest
+        # reference frame at or above frame_q - floor(tolerance) decides.
+        reach = np.int64(min(math.floor(self.tolerance), np.iinfo(np.int64).max // 4))
+        ordered = np.sort(self.reference_frames)
+        lowest = np.searchsorted(ordered, self.query_frames - reach, side="left")
+        candidate = ordered[np.minimum(lowest, len(ordered) - 1)]
+        return (lowest < len(ordered)) & (candidate <= self.query_frames + reach)
+
+
+class MetricRadiusTruth(GroundTruth):
+    """Reference n is positive for query q when their positions are within `radius` metres."""
+
+    QUERY_CHUNK_ELEMENTS = 1 << 22  # queries x references per chunk of the any-positive scan (32 MB)
+
+    def __init__(self, query_positions: Any, reference_positions: Any, radius: float) -> None:
+        self.queries = _position_matrix("query_positions", query_positions)
+        self.references = _position_matrix("reference_positions", reference_positions)
+        if self.queries.shape[1] != self.references.shape[1]:
+            raise InputError(
+                f"query_positions have {self.queries.shape[1]} coordinates but reference_positions have "
+                f"{self.references.shape[1]}; give both 2D or both 3D"
+            )
+        _check_non_negative("radius", radius)
+        self.radius = radius
+        self.num_queries, self.num_references = len(self.queries), len(self.references)
+
+    def _within(self, queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+        """queries [Q, A] against references [Q, K, A] (or [1, N, A]) -> bool [Q, K]."""
+        squared = np.zeros(np.broadcast_shapes(queries.shape[:1] + (1,), references.shape[:2]))
+        for axis in range(queries.shape[1]):
+            squared += (queries[:, axis, np.newaxis] - references[:, :, axis]) ** 2
+        return squared <= float(self.radius) ** 2
+
+    def hits(self, ranks: np.ndarray) -> np.ndarray:
+        if not self.num_references:
+            return np.zeros(ranks.shape, dtype=bool)
+        return self._within(self.queries, self.references[np.maximum(ranks, 0)]) & (ranks >= 0)
+
+    @property
+    def has_positive(self) -> np.ndarray:
+        chunk = max(1, self.QUERY_CHUNK_ELEMENTS // max(self.num_references, 1))
+        return np.concatenate([np.zeros(0, dtype=bool)] + [
+            self._within(self.queries[start:start + chunk], self.references[np.newaxis]).any(axis=1)
+            for start in range(0, self.num_queries, chunk)])
+
+
+class MatrixTruth(GroundTruth):
+    """A caller's own bool [Q, N] matrix of positives (small cases; the two above scale)."""
+
+    def __init__(self, positives: Any) -> None:
+        self.matrix = np.asarray(positives)
+        if self.matrix.dtype != bool or self.matrix.ndim != 2:
+            raise InputError(f"positives must be a boolean matrix [Q, N], got {self.matrix.dtype} "
+                             f"{list(self.matrix.shape)}")
+        self.num_queries, self.num_references = self.matrix.shape
+
+    def hits(self, ranks: np.ndarray) -> np.ndarray:
+        rows = np.arange(len(ranks))[:, np.newaxis]
+        return self.matrix[rows, np.maximum(ranks, 0)] & (ranks >= 0)
+
+    @property
+    def has_positive(self) -> np.ndarray:
+        return self.matrix.any(axis=1)
+
+
+def frame_tolerance_positives(query_frames: Any, reference_frames: Any, tolerance: float) -> FrameToleranceTruth:
+    """Positives by frame number: reference n is positive for query q when |frame_q - frame_n| <= tolerance."""
+    return FrameToleranceTruth(query_frames, reference_frames, tolerance)
+
+
+def metric_radius_positives(query_positions: Any, reference_positions: Any, radius: float) -> MetricRadiusTruth:
+    """Positives by position: reference n is positive for query q when they are within `radius` metres."""
+    return MetricRadiusTruth(query_positions, reference_positions, radius)
 
 
 # --- Recall@K ------------------------------------------------------------------------------------
@@ -61,13 +151,13 @@ def recall_at_k(ranked_ids: Any, positives: Any, ks: Sequence[int] = RECALL_KS) 
     """
     ranks, truth = _validated_rankings(ranked_ids, positives)
     columns = ranks.shape[1]
-    hits = _ranked_hits(ranks, truth)
+    hits = truth.hits(ranks)
     first_hit_found_by = np.cumsum(hits, axis=1) > 0
     recalls: dict[int, float] = {}
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"each k must be a positive integer, got {k!r}")
-        if k > columns and columns < truth.shape[1]:
+        if k > columns and columns < truth.num_references:
             raise InputError(
                 f"recall@{k} needs at least {k} ranked ids per query but ranked_ids has {columns}"
             )
@@ -137,13 +227,13 @@ def evaluate_rankings(ranked_ids: Any, top1_scores: Any, positives: Any) -> dict
     if np.shape(top1_scores) != (len(ranks),):
         raise InputError(f"top1_scores must have shape [{len(ranks)}], got {list(np.shape(top1_scores))}")
     recalls = recall_at_k(ranks, truth, RECALL_KS)
-    top1_correct = _ranked_hits(ranks[:, :1], truth)[:, 0]
-    has_positive = truth.any(axis=1)
+    top1_correct = truth.hits(ranks[:, :1])[:, 0]
+    has_positive = truth.has_positive
     metrics: dict[str, float | int] = {f"recall@{k}": value for k, value in recalls.items()}
     metrics["pr_auc"] = pr_auc(top1_scores, top1_correct, has_positive)
     metrics["recall@100p"] = 100.0 * recall_at_100_precision(top1_scores, top1_correct, has_positive)
-    metrics["num_queries"] = int(truth.shape[0])
-    metrics["num_references"] = int(truth.shape[1])
+    metrics["num_queries"] = int(truth.num_queries)
+    metrics["num_references"] = int(truth.num_references)
     return metrics
 
 
@@ -174,31 +264,24 @@ def _check_non_negative(name: str, value: Any) -> None:
         raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def _validated_rankings(ranked_ids: Any, positives: Any) -> tuple[np.ndarray, np.ndarray]:
-    truth = np.asarray(positives)
-    if truth.dtype != bool or truth.ndim != 2:
-        raise InputError(f"positives must be a boolean matrix [Q, N], got {truth.dtype} {list(truth.shape)}")
+def _validated_rankings(ranked_ids: Any, positives: Any) -> tuple[np.ndarray, GroundTruth]:
+    """positives: a GroundTruth, or a bool [Q, N] matrix (small cases)."""
+    truth = positives if isinstance(positives, GroundTruth) else MatrixTruth(positives)
     ranks = np.asarray(ranked_ids)
     if ranks.ndim != 2 or not np.issubdtype(ranks.dtype, np.integer):
         raise InputError(
             f"ranked_ids must be an integer matrix [Q, K], got {ranks.dtype} {list(ranks.shape)}"
         )
-    if ranks.shape[0] != truth.shape[0]:
-        raise InputError(f"ranked_ids has {ranks.shape[0]} queries but positives has {truth.shape[0]}")
+    if ranks.shape[0] != truth.num_queries:
+        raise InputError(f"ranked_ids has {ranks.shape[0]} queries but positives has {truth.num_queries}")
     if ranks.shape[0] == 0 or ranks.shape[1] == 0:
         raise InputError(f"ranked_ids must hold at least one query and one id, got {list(ranks.shape)}")
-    if ranks.size and (ranks.min() < -1 or ranks.max() >= truth.shape[1]):
+    if ranks.size and (ranks.min() < -1 or ranks.max() >= truth.num_references):
         raise InputError(
-            f"ranked_ids must lie in [-1, {truth.shape[1] - 1}] (-1: no result), "
+            f"ranked_ids must lie in [-1, {truth.num_references - 1}] (-1: no result), "
             f"got values in [{ranks.min()}, {ranks.max()}]"
         )
     return ranks.astype(np.int64), truth
-
-
-def _ranked_hits(ranks: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """bool [Q, K]: whether each ranked id is a positive of its query; -1 is never one."""
-    rows = np.arange(len(ranks))[:, np.newaxis]
-    return truth[rows, np.maximum(ranks, 0)] & (ranks >= 0)
 
 
 def _validated_top1(

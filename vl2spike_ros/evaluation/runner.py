@@ -13,7 +13,7 @@ from vl2spike_ros.sources.image_folders import ImageFolderSequence
 from vl2spike_ros.sources.traverses import open_sequence
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.evaluation.metrics import (RECALL_KS, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
+from vl2spike_ros.evaluation.metrics import (RECALL_KS, GroundTruth, evaluate_rankings, frame_tolerance_positives, metric_radius_positives,
                          plot_pr_curve, pr_curve)
 from vl2spike_ros.core.atomic_files import write_json_atomic
 from vl2spike_ros.core.localizer import Localizer
@@ -93,6 +93,21 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
     if radius is None:
         require_frame_numbers(place_map)
     query_descriptors = encode_sequence(encoder, query, "query", progress)
+    if radius is None:
+        positives = frame_tolerance_positives(
+            np.array([frame.frame for frame in query.frames]),
+            np.array([place.frame for place in place_map.places]), tolerance)
+    else:
+        positives = metric_radius_positives(np.array(query_poses)[:, :3],
+                                            np.array([place.pose for place in place_map.places])[:, :3], radius)
+    result = evaluate_descriptors(encoder, place_map, query_descriptors, positives, sequence_length)
+    result.metrics.update(tolerance=tolerance, radius=radius)
+    return result
+
+
+def evaluate_descriptors(encoder: DescriptorEncoder, place_map: PlaceMap, query_descriptors: np.ndarray,
+                         positives: GroundTruth, sequence_length: int = 1) -> EvaluationResult:
+    """Matches encoded queries (in traverse order) through the `Localizer` and scores them."""
     localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length)
     started = time.perf_counter()
     matches = [localizer.match_descriptor(descriptor) for descriptor in query_descriptors]
@@ -103,20 +118,11 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
     for row, match in enumerate(matches):
         ranked_ids[row, : len(match.place_ids)] = match.place_ids
         ranked_scores[row, : len(match.scores)] = match.scores
-    if radius is None:
-        positives = frame_tolerance_positives(
-            np.array([frame.frame for frame in query.frames]),
-            np.array([place.frame for place in place_map.places]), tolerance)
-    else:
-        positives = metric_radius_positives(np.array(query_poses)[:, :3],
-                                            np.array([place.pose for place in place_map.places])[:, :3], radius)
     metrics = evaluate_rankings(ranked_ids, ranked_scores[:, 0], positives)
-    top1 = ranked_ids[:, 0]
-    top1_correct = (top1 >= 0) & positives[np.arange(len(top1)), np.maximum(top1, 0)]  # -1: no result
-    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.any(axis=1))
-    metrics.update(tolerance=tolerance, radius=radius, sequence_length=sequence_length,
-                   checkpoint_fingerprint=encoder.fingerprint, index=place_map.index_kind,
-                   matching_ms_per_query=round(matching_ms, 4))
+    top1_correct = positives.hits(ranked_ids[:, :1])[:, 0]  # -1 (no result) is never a hit
+    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.has_positive)
+    metrics.update(sequence_length=sequence_length, checkpoint_fingerprint=encoder.fingerprint,
+                   index=place_map.index_kind, matching_ms_per_query=round(matching_ms, 4))
     return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores,
                             precision=precision, recall=recall)
 

@@ -49,6 +49,46 @@ class MeanPool(nn.Module):
         return tokens.mean(dim=-2)
 
 
+class MaxPoolWithoutIndices(nn.Module):
+    """Max-pooling that, without autograd, takes the elementwise max of the k x k strided slices:
+    torch's CPU max-pooling always computes the argmax indices too (for a backward that inference
+    never runs) and was the largest single op in the student's profile. With autograd on
+    (training, export) it is `F.max_pool2d`, so gradients and exported graphs do not change; the
+    values are the same either way (a max is exact)."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        if pool.dilation not in (1, (1, 1)) or pool.ceil_mode or pool.return_indices:
+            raise ValueError(f"MaxPoolWithoutIndices: unsupported {pool}")
+        self.kernel, self.stride, self.padding = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+                                                  _pair(pool.padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return F.max_pool2d(x, self.kernel, self.stride, self.padding)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        height = (x.shape[-2] + 2 * ph - kh) // sh + 1
+        width = (x.shape[-1] + 2 * pw - kw) // sw + 1
+        padded = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
+        out = None
+        for dy in range(kh):
+            for dx in range(kw):
+                window = padded[..., dy:dy + sh * (height - 1) + 1:sh, dx:dx + sw * (width - 1) + 1:sw]
+                out = window if out is None else torch.maximum(out, window)
+        return out
+
+
+class Heaviside(nn.Module):
+    """The spike itself, without a surrogate gradient: what LIF nodes fire through at inference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x >= 0).to(x)
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 class InputNormalization(nn.Module):
     """Maps images in [0, 1] to the network's input range (see StudentConfig)."""
 
@@ -91,13 +131,22 @@ class SpikformerStudent(nn.Module):
         for module in self.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = config.bn_momentum
+        for module in list(self.backbone.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.MaxPool2d):
+                    setattr(module, name, MaxPoolWithoutIndices(child))
+        self._lif_nodes = [m for m in self.backbone.modules() if isinstance(m, neuron.BaseNode)]
+        self._surrogates = [node.surrogate_function for node in self._lif_nodes]
+        self._heaviside = Heaviside()
+        # False keeps the surrogate at inference too (benchmarks/student_steps.py measures both).
+        self.spikes_without_surrogate = True
         self.pool = GeneralizedMeanPool() if config.pooling == "gem" else MeanPool()
         cells = config.pool_grid_rows * config.pool_grid_cols
         self.projection = nn.Linear(cells * config.embed_dims, config.descriptor_dim)
 
     @property
     def lif_nodes(self) -> list[neuron.BaseNode]:
-        return [m for m in self.backbone.modules() if isinstance(m, neuron.BaseNode)]
+        return list(self._lif_nodes)
 
     @property
     def first_stage(self) -> nn.Module:
@@ -142,8 +191,12 @@ class SpikformerStudent(nn.Module):
                 f"student input: expected [B, {self.config.in_channels}, {self.config.image_height}, "
                 f"{self.config.image_width}] in [0, 1], got {tuple(images.shape)}")
         functional.reset_net(self.backbone)
-        for node in self.lif_nodes:
+        # Without autograd nobody needs the surrogate gradient: the nodes fire through a plain
+        # Heaviside step (same spikes), which skips the surrogate's autograd Function per step.
+        inference = self.spikes_without_surrogate and not torch.is_grad_enabled()
+        for node, surrogate in zip(self._lif_nodes, self._surrogates):
             node.store_v_seq = return_membrane
+            node.surrogate_function = self._heaviside if inference else surrogate
         return self.normalize(images)
 
     def forward(self, images: torch.Tensor, return_membrane: bool = False) -> StudentOutput:

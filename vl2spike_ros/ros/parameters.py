@@ -47,6 +47,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ParameterSpec("device", "cpu", "torch device for the student, e.g. 'cpu' or 'cuda:0'", read_only=True),
+    ParameterSpec("backend", "torch", "run the student in 'torch' or 'onnxruntime' (exported on first "
+                  "use into the user cache; same descriptors, same maps)", read_only=True,
+                  choices=("torch", "onnxruntime")),
     ParameterSpec("num_threads", 0, "torch CPU threads for inference (0: torch's default)",
                   read_only=True, low=0, high=256, step=1),
     ParameterSpec("index", "flat", "FAISS index kind of a map started empty in mode 'map' "

@@ -1,0 +1,72 @@
+"""The `benchmark` command's arguments; `--quick` swaps in the smaller sizes below."""
+from __future__ import annotations
+
+import argparse
+
+# HNSW is built one point at a time: 100k places took 201 s on one busy core here, so 1M would take
+# over half an hour; above hnsw_max_places its row records that it was not built.
+FULL = {"map_sizes": "10000,100000,1000000", "hnsw_max_places": 100_000, "node_places": 27592,
+        "node_frames": 900, "eval_places": 27592, "repeats": 300, "vit_repeats": 20, "batch_repeats": 3}
+QUICK = {"map_sizes": "5000,10000,20000", "hnsw_max_places": 20_000, "node_places": 27592,
+         "node_frames": 300, "eval_places": 3000, "repeats": 60, "vit_repeats": 5, "batch_repeats": 1}
+DEFAULT_SOAK_FRAMES = 100_000
+NORDLAND_PLACES = 27592
+
+
+def _map_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated place counts, got {text!r}") from None
+    if len(sizes) != 3 or any(size < 1000 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected three comma-separated place counts >= 1000 "
+                                         f"(the 10k, 100k and 1M rows), got {text!r}")
+    return sizes
+
+
+def add_benchmark_command(commands, handler) -> None:
+    from vl2spike_ros.cli import _positive_int  # the CLI's own check, for the same error text
+    bench = commands.add_parser(
+        "benchmark", help="speed, energy, map search, node latency and memory in one run",
+        description="Measure encode speed against a CLIP ViT-B/32 image tower, energy per frame, map "
+                    "search at 10k/100k/1M places, the latency of a running vpr_node with a "
+                    f"{NORDLAND_PLACES}-place map and the peak memory of a full-Nordland evaluation; "
+                    "print a table and write OUT/benchmark.json and OUT/benchmark.md.")
+    bench.add_argument("--out", required=True, help="directory for benchmark.json, benchmark.md and work files")
+    bench.add_argument("--quick", action="store_true",
+                       help="smaller repeats and sizes (a few minutes); the JSON records the sizes used")
+    bench.add_argument("--threads", type=_positive_int, default=1,
+                       help="torch, onnxruntime and FAISS threads (default 1)")
+    bench.add_argument("--backend", choices=("torch", "onnxruntime", "both"), default="both",
+                       help="student backends to time; the encode keys report the fastest (default both)")
+    bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
+    bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
+    bench.add_argument("--soak", type=_positive_int, nargs="?", const=DEFAULT_SOAK_FRAMES, default=None,
+                       metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
+                                              f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")
+    sizes = bench.add_argument_group("sizes (default: full, or --quick's smaller ones)")
+    sizes.add_argument("--map-sizes", type=_map_sizes, default=None, metavar="A,B,C",
+                       help=f"the three map sizes (full {FULL['map_sizes']}, quick {QUICK['map_sizes']})")
+    sizes.add_argument("--hnsw-max-places", type=_positive_int, default=None,
+                       help=f"largest map built as HNSW (full {FULL['hnsw_max_places']:,}, quick "
+                            f"{QUICK['hnsw_max_places']:,}; its build is the slowest part)")
+    sizes.add_argument("--node-places", type=_positive_int, default=None,
+                       help=f"places in the node's map (default {NORDLAND_PLACES})")
+    sizes.add_argument("--node-frames", type=_positive_int, default=None,
+                       help=f"frames streamed at 30 Hz (full {FULL['node_frames']}, quick {QUICK['node_frames']})")
+    sizes.add_argument("--eval-places", type=_positive_int, default=None,
+                       help=f"queries = references in the evaluation (full {FULL['eval_places']}, "
+                            f"quick {QUICK['eval_places']})")
+    sizes.add_argument("--repeats", type=_positive_int, default=None, help="timed batch-1 calls per model")
+    sizes.add_argument("--vit-repeats", type=_positive_int, default=None, help="timed batch-1 calls of the ViT")
+    sizes.add_argument("--batch-repeats", type=_positive_int, default=None, help="timed batch-32 calls per model")
+    bench.set_defaults(func=handler)
+
+
+def resolved_sizes(args: argparse.Namespace) -> dict:
+    """The sizes this run uses: explicit options over the --quick or full defaults."""
+    base = QUICK if args.quick else FULL
+    sizes = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in base.items()}
+    if isinstance(sizes["map_sizes"], str):
+        sizes["map_sizes"] = _map_sizes(sizes["map_sizes"])
+    return sizes
