@@ -32,3 +32,14 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     if size is not None:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image
+
+
+def jpeg_size_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A JPEG of a few hundred bytes whose frame header claims `width` x `height` pixels (decoded,
+    gigabytes): an 8x8 JPEG with its start-of-frame size fields rewritten."""
+    ok, encoded = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)

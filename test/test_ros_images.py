@@ -106,7 +106,7 @@ def _bad(change):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda: _bad(lambda m: setattr(m, "encoding", "yuv422")), "expected one of"),
+    (lambda: _bad(lambda m: setattr(m, "encoding", "nv12")), "expected one of"),
     (lambda: _bad(lambda m: setattr(m, "encoding", "32FC1")), "expected one of"),
     (lambda: _bad(lambda m: setattr(m, "step", 14)), "needs at least 15 bytes"),
     (lambda: _bad(lambda m: setattr(m, "data", bytes(m.data)[:-1])), "truncated"),

@@ -261,7 +261,7 @@ class VprNode(LifecycleNode):
 
     def _on_image(self, message: Image) -> None:
         try:
-            ros_images.check_image(message)
+            ros_images.check_image(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -269,7 +269,7 @@ class VprNode(LifecycleNode):
 
     def _on_compressed(self, message: CompressedImage) -> None:
         try:
-            ros_images.check_compressed(message)
+            ros_images.check_compressed(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -292,7 +292,7 @@ class VprNode(LifecycleNode):
     def _process(self, message: Any) -> None:
         from vl2spike_ros.core.place_map import Place
 
-        rgb = ros_images.message_to_rgb(message)
+        rgb = ros_images.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
         stamp = message.header.stamp
         with self._lock:
             localizer = self._localizer

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl2spike_ros.core.localizer import MODES, Match
 from vl2spike_ros.core.place_map import PlaceMap
 
@@ -64,6 +65,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   low=0.0, high=1.0e6),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
                   low=0.1, high=60.0),
+    ParameterSpec("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "frames whose header claims more pixels "
+                  "than this are invalid (checked before decoding; default 2^25, 8K UHD fits)",
+                  low=1, high=2**31 - 1, step=1),
     ParameterSpec("invalid_log_period", 5.0, "seconds between log lines about invalid frames (throttle)",
                   low=0.0, high=3600.0),
 )
