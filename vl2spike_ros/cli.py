@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as error:  # a full disk, a read-only folder, a path that vanished mid-run
         where = f" ({error.filename})" if error.filename else ""
-        print(f"vl2spike {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"vl2spike {args.command}: error: cannot read or write a file: {error.strerror or error}{where}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vl2spike {args.command}: interrupted", file=sys.stderr)

@@ -1,6 +1,7 @@
 """rosbag2 image sequences (sqlite3 and mcap) through rosbags: no ROS install needed."""
 import json
 import shutil
+import sqlite3
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
@@ -224,6 +225,10 @@ def write_bag(
                 writer.write(source_connection, timestamp,
                              TYPESTORE.serialize_cdr(TYPESTORE.types[STRING](data=source), STRING))
         staged_bag.rename(out_path)
+    # A full disk or read-only folder reaches us as sqlite's or rosbags' own errors, not only OSError.
+    except (OSError, sqlite3.Error, WriterError) as error:
+        raise InputError(f"bag output {out_path}: cannot write it ({error}); is the disk full or the "
+                         "folder read-only?") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_path
