@@ -250,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as error:
+        _clear_progress_bars()
         print(f"vl2spike {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # a full disk, a read-only folder, a path that vanished mid-run
+        _clear_progress_bars()
         where = f" ({error.filename})" if error.filename else ""
         print(f"vl2spike {args.command}: error: cannot read or write a file: {error.strerror or error}{where}",
               file=sys.stderr)
@@ -260,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vl2spike {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _clear_progress_bars() -> None:
+    """Erase a progress bar the error interrupted, so the error is the one line left on the terminal."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 def _one_line(text: str) -> str:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import time
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +314,10 @@ def _descriptors_from_bytes(target: Path, data: bytes, count: int, dim: int) -> 
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
         shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, EOFError, SyntaxError) as error:
-        raise InputError(f"map {target}: descriptors.npy is truncated or corrupt ({error}); {expected}") from None
+    # numpy parses the header with Python's tokenizer: garbage raises its syntax and token errors.
+    except (ValueError, EOFError, SyntaxError, tokenize.TokenError) as error:
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise InputError(f"map {target}: descriptors.npy is truncated or corrupt ({reason}); {expected}") from None
     if dtype != np.float32 or fortran_order or shape != (count, dim):
         raise InputError(f"map {target}: descriptors.npy holds {dtype} {list(shape)}, {expected}")
     if len(data) - stream.tell() != count * dim * 4:
