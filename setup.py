@@ -12,6 +12,7 @@ setup(
         PACKAGE,
         f"{PACKAGE}.model",
         f"{PACKAGE}.core",
+        f"{PACKAGE}.core.place_map",
         f"{PACKAGE}.sources",
         f"{PACKAGE}.evaluation",
         f"{PACKAGE}.ros",

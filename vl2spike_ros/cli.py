@@ -51,17 +51,24 @@ def _refuse_foreign_output_folder(out: Path, overwrite: bool) -> None:
         return
     entries = sorted(entry.name for entry in out.iterdir())
     foreign = [name for name in entries if name not in EVALUATION_OUTPUTS]
-    if entries and (foreign or "metrics.json" not in entries):
+    if entries and (foreign or not _is_evaluation_metrics(out / "metrics.json")):
         shown = ", ".join(foreign[:3]) or ", ".join(entries[:3])
         raise InputError(f"evaluation output {out}: a non-empty folder that is not an earlier evaluation "
                          f"output (it holds {shown}); choose a new folder or pass --overwrite")
 
 
+def _is_evaluation_metrics(path: Path) -> bool:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(metrics, dict) and "recall@1" in metrics and "checkpoint_fingerprint" in metrics
+
+
 def cmd_build_map(args: argparse.Namespace) -> int:
+    from vl2spike_ros.core.place_map import PlaceMap
     from vl2spike_ros.evaluation.runner import build_map, open_checked_sequence
     from vl2spike_ros.sources.poses import poses_for, read_poses
-
-    from vl2spike_ros.core.place_map import PlaceMap
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "map")

@@ -283,8 +283,9 @@ def decode_compressed(data: bytes, format_hint: str = "",
 def check_compressed(data: bytes, format_hint: str = "", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
     """Cheap checks of compressed image bytes, without decoding: JPEG or PNG whose header claims a
     size within `max_pixels`."""
-    head = bytes(data[:65536])  # a JPEG's frame header follows its EXIF/ICC segments
-    claimed = claimed_size(head, COMPRESSED_FORMATS)
+    # All of it: a JPEG's frame header follows its EXIF and ICC segments, which can be long. Walking
+    # the segments touches a few bytes of each.
+    claimed = claimed_size(bytes(data), COMPRESSED_FORMATS)
     what = _compressed_label(data, format_hint)
     if claimed is None:
         raise InputError(f"{what}: cannot decode: not JPEG or PNG data with a readable header")
