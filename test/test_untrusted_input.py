@@ -213,6 +213,8 @@ def test_deeply_nested_places_json(inputs, tmp_path, capsys):
     (["make-bag", "--images", "x", "--out", "y", "--rate", "nan"], "--rate"),
     (["init-checkpoint", "--out", "c.safetensors", "--set", "embed_dims=1000000"],
      "embed_dims must be an integer in [1, 4096], got 1000000"),
+    (["init-checkpoint", "--out", "c.safetensors", "--set", "pooling=" + "[" * 100_000],
+     "pooling must be one of"),
     (["build-map"], "the following arguments are required"),
     (["no-such-command"], "invalid choice"),
 ])

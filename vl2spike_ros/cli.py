@@ -161,10 +161,10 @@ def cmd_init_checkpoint(args: argparse.Namespace) -> int:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise InputError(f"--set {item!r}: expected key=value")
+            raise InputError(f"--set {item[:60]!r}: expected key=value")
         try:
             overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON: the text itself (checked as a config value)
             overrides[key] = value
     torch.manual_seed(args.seed)
     config = StudentConfig.from_dict({**StudentConfig().to_dict(), **overrides})

@@ -72,7 +72,7 @@ class StudentConfig:
                 raise InputError(f"student config: {name} must be a string, got {_short(getattr(self, name))}")
         if self.patch_size not in (4, 16):
             raise InputError(f"student config: patch_size must be 4 or 16 (spikingjelly's "
-                             f"Spikformer stem), got {self.patch_size!r}")
+                             f"Spikformer stem), got {_short(self.patch_size)}")
         if self.image_height % self.patch_size or self.image_width % self.patch_size:
             raise InputError(f"student config: image size {self.image_height}x{self.image_width} "
                              f"must be a multiple of patch_size {self.patch_size}")
@@ -94,10 +94,10 @@ class StudentConfig:
         if self.in_channels not in (1, 3):
             raise InputError(f"student config: in_channels must be 1 or 3, got {self.in_channels}")
         if self.pooling not in POOLINGS:
-            raise InputError(f"student config: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise InputError(f"student config: pooling must be one of {POOLINGS}, got {_short(self.pooling)}")
         if self.input_normalization not in INPUT_NORMALIZATIONS:
             raise InputError(f"student config: input_normalization must be one of "
-                             f"{INPUT_NORMALIZATIONS}, got {self.input_normalization!r}")
+                             f"{INPUT_NORMALIZATIONS}, got {_short(self.input_normalization)}")
         if not 0.0 < float(self.bn_momentum) <= 1.0:
             raise InputError(f"student config: bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if float(self.lif_tau) <= 1.0:
@@ -128,7 +128,7 @@ class StudentConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InputError(f"student config: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise InputError(f"student config: unknown keys {_short(unknown)}; expected a subset of {sorted(known)}")
         return cls(**values)
 
 
