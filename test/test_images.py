@@ -134,3 +134,13 @@ def test_raw_image_size_is_checked_against_its_data_before_allocation():
     with pytest.raises(InputError, match="30000x30000 = 900000000 pixels"):
         check_raw_image("mono8", 30000, 30000, 30000, 30000 * 30000)
     check_raw_image("bayer_rggb8", 64, 32, 64, 64 * 32)
+
+
+def test_jpeg_header_walk_is_bounded():
+    from helpers import jpeg_size_bomb
+    from vl2spike_ros.core.images import MAX_JPEG_SEGMENTS, claimed_size
+
+    bomb = jpeg_size_bomb()
+    padding = b"\xff\xfe\x00\x02" * MAX_JPEG_SEGMENTS  # empty comment segments before the frame header
+    assert claimed_size(bomb) is not None
+    assert claimed_size(bomb[:2] + padding + bomb[2:]) is None

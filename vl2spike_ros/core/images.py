@@ -45,6 +45,9 @@ BYTES_PER_PIXEL: dict[str, int] = {
 _OPENCV_ORDER = {1: "mono8", 3: "bgr8", 4: "bgra8"}
 _DEFAULT_ORDER = {1: "mono8", 3: "rgb8", 4: "rgba8"}
 _FILE_FORMATS = "PNG, JPEG, BMP, PPM, PGM or TIFF"
+# Real JPEGs have a few dozen segments before their frame header; a stream of thousands of tiny ones
+# only makes the (per-frame, in the subscriber) header walk slow.
+MAX_JPEG_SEGMENTS = 1024
 
 
 def _channels(array: np.ndarray) -> int:
@@ -146,8 +149,9 @@ def _be16(data: bytes, offset: int) -> int:
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's start-of-frame segment, walking the segments from the start."""
-    position = 2
-    while position + 4 <= len(data):
+    position, segments = 2, 0
+    while position + 4 <= len(data) and segments < MAX_JPEG_SEGMENTS:
+        segments += 1
         if data[position] != 0xFF:
             return None
         marker = data[position + 1]
