@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from helpers import jpeg_size_bomb, tiny_student, write_tiny_checkpoint
