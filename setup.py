@@ -14,6 +14,7 @@ setup(
         PACKAGE,
         f"{PACKAGE}.model",
         f"{PACKAGE}.core",
+        f"{PACKAGE}.core.place_map",
         f"{PACKAGE}.sources",
         f"{PACKAGE}.evaluation",
         f"{PACKAGE}.ros",

@@ -34,16 +34,12 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     return image
 
 
-def ivfpq_grows_from_empty(dim: int, fingerprint: str) -> bool:
-    """Whether an empty IVF-PQ PlaceMap takes keyframes one at a time (planned: it collects them in a
-    flat index until there are enough to train); tests expect mapping or a clear refusal accordingly."""
-    from vl2spike_ros.core.place_map import PlaceMap
-    from vl2spike_ros.errors import InputError
-
-    vector = np.zeros((1, dim), dtype=np.float32)
-    vector[0, 0] = 1.0
-    try:
-        PlaceMap(dim, fingerprint, "ivfpq").add(vector)
-    except InputError:
-        return False
-    return True
+def jpeg_size_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A JPEG of a few hundred bytes whose frame header claims `width` x `height` pixels (decoded,
+    gigabytes): an 8x8 JPEG with its start-of-frame size fields rewritten."""
+    ok, encoded = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)

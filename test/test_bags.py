@@ -150,7 +150,7 @@ def test_corrupt_compressed_image_and_missing_bag(tmp_path: Path):
         writer.write(connection, 10, typestore.serialize_cdr(broken, "sensor_msgs/msg/CompressedImage"))
     with pytest.raises(InputError, match="format 'jpeg'.*cannot decode"):
         BagSequence(tmp_path / "broken").read(0)
-    with pytest.raises(InputError, match="nothing.db3: cannot open"):
+    with pytest.raises(InputError, match="nothing.db3: cannot open or read"):
         BagSequence(tmp_path / "nothing.db3")
 
 

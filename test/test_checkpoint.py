@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from helpers import tiny_student, write_tiny_checkpoint
 from vl2spike_ros.core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from vl2spike_ros.errors import InputError
+from vl2spike_ros.model import StudentConfig
 
 
 def test_round_trip_keeps_weights_config_and_fingerprint(tmp_path):
@@ -106,3 +107,20 @@ def test_checkpoint_from_before_a_new_config_field_still_loads(tmp_path):
     loaded, info = load_checkpoint(path)
     assert info.fingerprint == metadata["fingerprint"]
     assert info.config.pool_grid_rows == 1
+
+
+@pytest.mark.parametrize("where", ["folder", "missing parent"])
+def test_save_refuses_a_folder_or_a_missing_parent(tmp_path, where):
+    out = tmp_path if where == "folder" else tmp_path / "nope" / "student.safetensors"
+    with pytest.raises(InputError, match="is a directory" if where == "folder" else "its folder .* does not exist"):
+        save_checkpoint(out, tiny_student())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_beyond_limits_is_refused_before_building():
+    with pytest.raises(InputError, match="embed_dims must be an integer in \\[1, 4096\\], got 1000000"):
+        StudentConfig(embed_dims=1_000_000)
+    with pytest.raises(InputError, match="tokens .* expected at most 4096"):
+        StudentConfig(image_height=1024, image_width=1024)
+    with pytest.raises(InputError, match="weights .* expected at most 200,000,000"):
+        StudentConfig(embed_dims=4096, num_heads=4, depths=48)

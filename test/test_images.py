@@ -96,3 +96,51 @@ def test_decode_compressed_refuses_corrupt_data(rgb):
         decode_compressed(png.tobytes()[:40], "png")
     with pytest.raises(InputError, match="0 bytes"):
         decode_compressed(b"")
+
+
+def test_size_bomb_is_refused_from_its_header_before_decoding(tmp_path):
+    from helpers import jpeg_size_bomb
+    from vl2spike_ros.core.images import check_compressed, claimed_size
+
+    bomb = jpeg_size_bomb()
+    assert len(bomb) < 1000 and claimed_size(bomb) == ("JPEG", 20000, 20000)
+    with pytest.raises(InputError, match="20000x20000 = 400000000 pixels; expected at most"):
+        decode_compressed(bomb, "jpeg")
+    with pytest.raises(InputError, match="20000x20000"):
+        check_compressed(bomb)
+    (tmp_path / "bomb.jpg").write_bytes(bomb)
+    with pytest.raises(InputError, match="bomb.jpg.*20000x20000"):
+        read_image(tmp_path / "bomb.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".ppm", ".pgm", ".tif"])
+def test_every_file_format_is_sized_from_its_header(tmp_path, rgb, suffix):
+    from vl2spike_ros.core.images import claimed_size
+
+    pixels = rgb[:, :, 0] if suffix == ".pgm" else rgb
+    path = tmp_path / f"image{suffix}"
+    cv2.imwrite(str(path), pixels)
+    assert claimed_size(path.read_bytes())[1:] == (64, 48)
+    assert read_image(path).shape == (48, 64, 3)
+    with pytest.raises(InputError, match="64x48 = 3072 pixels; expected at most max_image_pixels = 3071"):
+        read_image(path, max_pixels=3071)
+
+
+def test_raw_image_size_is_checked_against_its_data_before_allocation():
+    from vl2spike_ros.core.images import check_raw_image
+
+    with pytest.raises(InputError, match="truncated: 10 bytes, expected step\\*height = 2700000000"):
+        check_raw_image("rgb8", 30000, 30000, 90000, 10)
+    with pytest.raises(InputError, match="30000x30000 = 900000000 pixels"):
+        check_raw_image("mono8", 30000, 30000, 30000, 30000 * 30000)
+    check_raw_image("bayer_rggb8", 64, 32, 64, 64 * 32)
+
+
+def test_jpeg_header_walk_is_bounded():
+    from helpers import jpeg_size_bomb
+    from vl2spike_ros.core.images import MAX_JPEG_SEGMENTS, claimed_size
+
+    bomb = jpeg_size_bomb()
+    padding = b"\xff\xfe\x00\x02" * MAX_JPEG_SEGMENTS  # empty comment segments before the frame header
+    assert claimed_size(bomb) is not None
+    assert claimed_size(bomb[:2] + padding + bomb[2:]) is None

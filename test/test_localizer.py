@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from helpers import ivfpq_grows_from_empty, photo, write_tiny_checkpoint
+from helpers import photo, write_tiny_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
-from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.localizer import Localizer, MapUpdateError
 from vl2spike_ros.core.place_map import Place, PlaceMap
 
@@ -143,12 +142,11 @@ def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
     assert len(place_map) == 0
 
 
-def test_mapping_from_empty_refuses_an_index_that_cannot_grow_one_by_one(encoder, tmp_path):
+def test_mapping_starts_from_an_empty_map_with_every_index_kind(encoder, tmp_path):
+    """IVF-PQ included: an empty ivfpq map keeps keyframes exactly until it has enough to train."""
     checkpoint = encoder.info.path
-    for kind in ("flat", "hnsw"):
-        assert Localizer.from_paths(checkpoint, None, index_kind=kind, mode="map").map_size == 0
-    if ivfpq_grows_from_empty(encoder.dim, encoder.fingerprint):
-        Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")
-    else:
-        with pytest.raises(InputError, match="index 'ivfpq' cannot start from an empty map"):
-            Localizer.from_paths(checkpoint, tmp_path / "new", index_kind="ivfpq", mode="map")
+    for kind in ("flat", "hnsw", "ivfpq"):
+        localizer = Localizer.from_paths(checkpoint, tmp_path / kind, index_kind=kind, mode="map")
+        assert localizer.map_size == 0
+        localizer.add_keyframe(unit_rows(1, encoder.dim)[0], "first", None)
+        assert localizer.map_size == 1

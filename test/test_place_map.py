@@ -102,15 +102,30 @@ def test_bad_index_options_are_refused():
         PlaceMap(8, FINGERPRINT, "flat", M=16)
     with pytest.raises(InputError, match="m=3 must divide the descriptor dim 8"):
         PlaceMap(8, FINGERPRINT, "ivfpq", m=3)
-    with pytest.raises(InputError, match="dim must be a positive integer"):
+    with pytest.raises(InputError, match=r"dim must be an integer in \[1, 65536\]"):
         PlaceMap(0, FINGERPRINT)
 
 
-def test_ivfpq_first_add_needs_enough_vectors():
+def test_ivfpq_started_empty_takes_one_keyframe_at_a_time_and_trains_when_it_can(tmp_path):
+    """Mapping mode: an ivfpq map starts empty; its places sit in a flat index until 256 can train IVF-PQ."""
     place_map = PlaceMap(16, FINGERPRINT, "ivfpq")
-    with pytest.raises(InputError, match="at least 256 descriptors"):
-        place_map.add(unit_vectors(100, 16))
-    assert len(place_map) == 0
+    vectors = unit_vectors(300, 16, seed=4)
+    for row in range(255):
+        assert place_map.add(vectors[row:row + 1]) == [row]
+    assert place_map.index_structure == "flat"
+    scores, ids = place_map.search(vectors[:3], k=1)
+    np.testing.assert_array_equal(ids[:, 0], [0, 1, 2])  # exact while flat
+    place_map.save(tmp_path / "early")
+    early = PlaceMap.load(tmp_path / "early")
+    assert (early.index_kind, early.index_structure, len(early)) == ("ivfpq", "flat", 255)
+
+    assert early.add(vectors[255:256]) == [255]  # the 256th trains IVF-PQ on all of them
+    assert early.index_structure == "ivfpq" and early.index_options["nlist"] is not None
+    assert early.add(vectors[256:]) == list(range(256, 300))
+    _, found = early.search(vectors[:50], k=5)
+    assert np.mean(found[:, 0] == np.arange(50)) > 0.8  # approximate now, but finds itself
+    early.save(tmp_path / "trained")
+    assert PlaceMap.load(tmp_path / "trained").index_structure == "ivfpq"
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
@@ -133,7 +148,8 @@ def test_save_load_round_trip(kind, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["map"]  # no staging or backup left behind
     metadata = json.loads((tmp_path / "map" / "map.json").read_text())
     assert metadata["metric"] == "inner_product" and metadata["count"] == len(place_map)
-    assert metadata["index_kind"] == kind and metadata["format_version"] == 1
+    assert metadata["index_kind"] == kind and metadata["format_version"] == 2
+    assert metadata["index_structure"] == kind
 
     loaded = PlaceMap.load(tmp_path / "map", expected_fingerprint=FINGERPRINT, expected_dim=place_map.dim)
     assert (len(loaded), loaded.dim, loaded.fingerprint, loaded.index_kind) == (
@@ -187,15 +203,19 @@ def test_incomplete_or_inconsistent_maps_are_refused(tmp_path):
     (map_dir / "places.json").rename(tmp_path / "places.json")
     with pytest.raises(InputError, match="incomplete: missing places.json"):
         PlaceMap.load(map_dir)
-    places = json.loads((tmp_path / "places.json").read_text())
+    places_text = (tmp_path / "places.json").read_text()
+    places = json.loads(places_text)
     (map_dir / "places.json").write_text(json.dumps(places[:-1]))
-    with pytest.raises(InputError, match="places.json holds 39 places but map.json says 40"):
+    with pytest.raises(InputError, match="places.json is truncated or corrupt: .* bytes but map.json records"):
         PlaceMap.load(map_dir)
-    (map_dir / "places.json").write_text(json.dumps(places))
+    (map_dir / "places.json").write_text(places_text.replace('"frame": 100', '"frame": 900'))
+    with pytest.raises(InputError, match="places.json is corrupt or was modified: its sha256"):
+        PlaceMap.load(map_dir)
+    (map_dir / "places.json").write_text(places_text)
 
     metadata = json.loads((map_dir / "map.json").read_text())
     (map_dir / "map.json").write_text(json.dumps({**metadata, "count": 41}))
-    with pytest.raises(InputError, match="index.faiss holds 40 places but map.json says 41"):
+    with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*40 vectors but map.json says 41"):
         PlaceMap.load(map_dir)
     (map_dir / "map.json").write_text(json.dumps({**metadata, "format_version": 99}))
     with pytest.raises(InputError, match="format_version 99"):
@@ -213,9 +233,78 @@ def test_save_replaces_an_old_map_but_not_other_directories(tmp_path):
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.png").write_bytes(b"keep me")
-    with pytest.raises(InputError, match="not a map; refusing to replace it"):
+    with pytest.raises(InputError, match="not a map of vl2spike .*holiday.png.*; refusing to replace it"):
         built_map("flat").save(tmp_path / "photos")
     assert (tmp_path / "photos" / "holiday.png").read_bytes() == b"keep me"
+
+    # A folder that merely holds a file called map.json (and a src/ folder) is not a map either.
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('keep me')")
+    (project / "map.json").write_text("{}")
+    with pytest.raises(InputError, match="not a map of vl2spike .*src.*; refusing to replace it"):
+        built_map("flat").save(project)
+    map_dir = tmp_path / "map"
+    (map_dir / "map.json").write_text('{"format_version": 2}')  # the right files, a foreign map.json
+    with pytest.raises(InputError, match="its map.json is not one vl2spike writes"):
+        built_map("flat").save(map_dir)
+    assert (project / "src" / "main.py").read_text() == "print('keep me')"
+
+
+def as_format_1(map_dir: Path) -> None:
+    """Rewrite a saved map's map.json as format 1 wrote it (no file sizes or hashes)."""
+    metadata = json.loads((map_dir / "map.json").read_text())
+    for key in ("files", "index_structure"):
+        del metadata[key]
+    (map_dir / "map.json").write_text(json.dumps({**metadata, "format_version": 1}))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_format_1_maps_still_load(kind, tmp_path):
+    place_map = built_map(kind)
+    place_map.save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    loaded = PlaceMap.load(tmp_path / "map")
+    np.testing.assert_array_equal(loaded.descriptors, place_map.descriptors)
+    assert loaded.search(place_map.descriptors[:3], k=2)[1].tolist() == place_map.search(
+        place_map.descriptors[:3], k=2)[1].tolist()
+
+
+@pytest.mark.parametrize("kind, field_offset", [("flat", 37), ("hnsw", 37), ("ivfpq", 53 + 37)])
+def test_index_length_field_edit_is_refused_before_faiss_allocates(kind, field_offset, tmp_path):
+    """An 8-byte edit of a length field made FAISS allocate 12.9 GB; now the walk refuses it first.
+
+    Format 1 (no hashes) so the edit reaches the index check; the message names the field's claim,
+    which only the walk in index_file makes (FAISS never ran)."""
+    built_map(kind).save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    data = bytearray(index_path.read_bytes())
+    data[field_offset:field_offset + 8] = (3_200_000_000).to_bytes(8, "little")
+    index_path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*claims 3200000000 items"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_map_json_that_lies_about_dim_or_kind_is_refused(tmp_path):
+    built_map("flat").save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    metadata = json.loads((tmp_path / "map" / "map.json").read_text())
+    (tmp_path / "map" / "map.json").write_text(json.dumps({**metadata, "dim": 1_000_000}))
+    with pytest.raises(InputError, match=r"dim must be an integer in \[1, 65536\]"):
+        PlaceMap.load(tmp_path / "map")
+    (tmp_path / "map" / "map.json").write_text(json.dumps({**metadata, "index_kind": "hnsw",
+                                                           "index_options": {}}))
+    with pytest.raises(InputError, match="structure b'IxFI' where b'IHNf' was expected"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_deeply_nested_places_json_is_one_clear_error(tmp_path):
+    built_map("flat").save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    (tmp_path / "map" / "places.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="places.json: JSON nested too deeply"):
+        PlaceMap.load(tmp_path / "map")
 
 
 def test_failed_swap_rolls_back_to_the_old_map(tmp_path, monkeypatch):

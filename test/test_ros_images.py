@@ -106,7 +106,7 @@ def _bad(change):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda: _bad(lambda m: setattr(m, "encoding", "yuv422")), "expected one of"),
+    (lambda: _bad(lambda m: setattr(m, "encoding", "nv12")), "expected one of"),
     (lambda: _bad(lambda m: setattr(m, "encoding", "32FC1")), "expected one of"),
     (lambda: _bad(lambda m: setattr(m, "step", 14)), "needs at least 15 bytes"),
     (lambda: _bad(lambda m: setattr(m, "data", bytes(m.data)[:-1])), "truncated"),
@@ -130,3 +130,28 @@ def test_backend_is_named():
     assert ros_images.BACKEND in ("cv_bridge", "rosbags-image")
     if "cv_bridge" not in sys.modules:
         assert ros_images.BACKEND == "rosbags-image"
+
+
+def test_size_bomb_is_refused_from_its_header():
+    """629 bytes claiming 20000x20000 (1.2 GB decoded) never reach the decoder; a raw Image claiming
+    30000x30000 is refused from its fields, and both from the check the subscriber runs."""
+    from helpers import jpeg_size_bomb
+
+    bomb = CompressedImage(format="jpeg", data=jpeg_size_bomb())
+    for check in (ros_images.check_compressed, ros_images.message_to_rgb):
+        with pytest.raises(InputError, match="20000x20000 = 400000000 pixels; expected at most"):
+            check(bomb)
+    huge = Image(height=30000, width=30000, encoding="mono8", step=30000)
+    with pytest.raises(InputError, match="truncated: 0 bytes, expected step\\*height = 900000000"):
+        ros_images.check_image(huge)
+    small = _image(RGB, "rgb8")
+    with pytest.raises(InputError, match="5x6 = 30 pixels; expected at most max_image_pixels = 29"):
+        ros_images.message_to_rgb(small, max_pixels=29)
+
+
+def test_yuv_and_bayer_convert_through_the_one_message_conversion():
+    message = _image(np.zeros((6, 4, 2), np.uint8), "yuv422")
+    assert ros_images.message_to_rgb(message).shape == (6, 4, 3)
+    bayer = _image(RGB[:, :4, 1].copy(), "bayer_rggb8")
+    np.testing.assert_array_equal(ros_images.message_to_rgb(bayer),
+                                  cv2.cvtColor(RGB[:, :4, 1].copy(), cv2.COLOR_BAYER_BG2RGB))

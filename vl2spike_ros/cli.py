@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from vl2spike_ros.cli_arguments import OneLineArgumentParser, bounded_float, bounded_int, require_writable_folder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.ros.bag_tools import add_replay_commands
 
@@ -14,18 +15,21 @@ INDEX_CHOICES = ("flat", "hnsw", "ivfpq")
 ENERGY_SAMPLE_FRAMES = 32
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+# Bounds of the size options: generous for real use, far below what exhausts memory.
+MAX_BATCH_SIZE = 4096
+MAX_SEQUENCE_LENGTH = 100  # as the node's sequence_length parameter
+MAX_TOLERANCE_FRAMES = 10**7
+MAX_RADIUS_M = 1e7
+MAX_ENERGY_FRAMES = 100_000
+EVALUATION_OUTPUTS = ("metrics.json", "pr_curve.png", "matches.json")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="student checkpoint (.safetensors); default: the model the package ships")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=32,
+                        help=f"images per batch, 1-{MAX_BATCH_SIZE} (default 32)")
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                         help="run the student in PyTorch or ONNX Runtime (exported on first use into "
                              "$XDG_CACHE_HOME/vl2spike_ros; same descriptors, same maps) (default torch)")
@@ -43,12 +47,37 @@ def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
         raise InputError(f"{what} {path} already exists; pass --overwrite to replace it")
 
 
+def _refuse_foreign_output_folder(out: Path, overwrite: bool) -> None:
+    """An evaluation writes into `out`: only into a new or empty folder, or an earlier evaluation's."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"evaluation output {out}: exists and is not a folder")
+    if not out.is_dir() or overwrite:
+        return
+    entries = sorted(entry.name for entry in out.iterdir())
+    foreign = [name for name in entries if name not in EVALUATION_OUTPUTS]
+    if entries and (foreign or not _is_evaluation_metrics(out / "metrics.json")):
+        shown = ", ".join(foreign[:3]) or ", ".join(entries[:3])
+        raise InputError(f"evaluation output {out}: a non-empty folder that is not an earlier evaluation "
+                         f"output (it holds {shown}); choose a new folder or pass --overwrite")
+
+
+def _is_evaluation_metrics(path: Path) -> bool:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(metrics, dict) and "recall@1" in metrics and "checkpoint_fingerprint" in metrics
+
+
 def cmd_build_map(args: argparse.Namespace) -> int:
+    from vl2spike_ros.core.place_map import PlaceMap
     from vl2spike_ros.evaluation.runner import build_map, open_checked_sequence
     from vl2spike_ros.sources.poses import poses_for, read_poses
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "map")
+    PlaceMap.check_replaceable(out)  # --overwrite replaces a map, never another folder
+    require_writable_folder(out, "map")
     sequence = open_checked_sequence(args.images, args.topic)
     poses = poses_for(sequence.frames, read_poses(args.poses), args.poses) if args.poses else None
     encoder = _encoder(args)
@@ -65,10 +94,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vl2spike_ros.core.place_map import PlaceMap
     from vl2spike_ros.sources.poses import poses_for, read_poses
 
-    if args.tolerance < 0:
-        raise InputError(f"--tolerance must be >= 0 frames, got {args.tolerance}")
-    if args.radius is not None and (args.radius < 0 or not args.query_poses):
-        raise InputError("--radius must be >= 0 metres and needs --query-poses")
+    if args.radius is not None and not args.query_poses:
+        raise InputError("--radius needs --query-poses")
+    out = Path(args.out)
+    _refuse_foreign_output_folder(out, args.overwrite)
+    require_writable_folder(out, "evaluation output")
     query = open_checked_sequence(args.query, args.query_topic)
     query_poses = (poses_for(query.frames, read_poses(args.query_poses), args.query_poses)
                    if args.query_poses else None)
@@ -127,14 +157,18 @@ def cmd_init_checkpoint(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite, "checkpoint")
+    if out.is_dir():
+        raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as "
+                         f"{out / 'student.safetensors'}")
+    require_writable_folder(out, "checkpoint output")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise InputError(f"--set {item!r}: expected key=value")
+            raise InputError(f"--set {item[:60]!r}: expected key=value")
         try:
             overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON: the text itself (checked as a config value)
             overrides[key] = value
     torch.manual_seed(args.seed)
     config = StudentConfig.from_dict({**StudentConfig().to_dict(), **overrides})
@@ -166,7 +200,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="vl2spike", description="Visual place recognition with a distilled spiking transformer.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -179,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")
     build.add_argument("--poses", default=None,
                        help="CSV of per-image poses (columns source,x,y[,z,qx,qy,qz,qw]); the node then publishes ~/pose")
-    build.add_argument("--overwrite", action="store_true", help="replace an existing map directory")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing map directory (only a map; any other folder is refused)")
     _add_model_options(build)
     build.set_defaults(func=cmd_build_map)
 
@@ -192,18 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--query", required=True, help="query folder or rosbag2")
     evaluate.add_argument("--reference-topic", default=None, help="image topic in a reference bag")
     evaluate.add_argument("--query-topic", default=None, help="image topic in a query bag")
-    evaluate.add_argument("--tolerance", type=int, default=10,
+    evaluate.add_argument("--tolerance", type=bounded_int(0, MAX_TOLERANCE_FRAMES), default=10,
                           help="a reference within this many frame numbers is correct (default 10: "
                                "±1 place on Nordland64)")
-    evaluate.add_argument("--radius", type=float, default=None,
+    evaluate.add_argument("--radius", type=bounded_float(0.0, MAX_RADIUS_M), default=None,
                           help="metric ground truth instead of frames: a reference within this many metres "
                                "is correct (needs --query-poses and reference poses)")
     evaluate.add_argument("--query-poses", default=None, help="CSV of query poses (see build-map --poses)")
     evaluate.add_argument("--reference-poses", default=None, help="CSV of reference poses (with --reference)")
-    evaluate.add_argument("--sequence-length", type=_positive_int, default=1,
-                          help="SeqSLAM-style sequence matching over the last L frames (default 1: single frame)")
+    evaluate.add_argument("--sequence-length", type=bounded_int(1, MAX_SEQUENCE_LENGTH), default=1,
+                          help=f"SeqSLAM-style sequence matching over the last L frames, 1-{MAX_SEQUENCE_LENGTH} "
+                               "(default 1: single frame)")
     evaluate.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")
-    evaluate.add_argument("--out", required=True, help="output directory for metrics.json and pr_curve.png")
+    evaluate.add_argument("--out", required=True,
+                          help="output folder for metrics.json, matches.json and pr_curve.png: new, empty "
+                               "or an earlier evaluation's")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="write into an existing folder even if it holds other files (they are kept)")
     _add_model_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -213,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     energy.add_argument("--images", default=None,
                         help="folder or bag whose frames set the firing rates (default: the embedded demo route)")
     energy.add_argument("--topic", default=None, help="image topic when --images is a bag")
-    energy.add_argument("--frames", type=_positive_int, default=ENERGY_SAMPLE_FRAMES,
+    energy.add_argument("--frames", type=bounded_int(1, MAX_ENERGY_FRAMES), default=ENERGY_SAMPLE_FRAMES,
                         help=f"frames to average firing rates over (default {ENERGY_SAMPLE_FRAMES})")
     energy.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_model_options(energy)
@@ -224,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
     init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a StudentConfig field, e.g. --set embed_dims=64 (repeatable)")
-    init.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    init.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed (default 0)")
     init.add_argument("--overwrite", action="store_true", help="replace an existing file")
     init.set_defaults(func=cmd_init_checkpoint)
 
@@ -248,15 +288,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or a one-line argument error (2)
+        return exit_request.code if isinstance(exit_request.code, int) else 2
     try:
         return args.func(args)
     except InputError as error:
-        print(f"vl2spike {args.command}: error: {error}", file=sys.stderr)
+        _clear_progress_bars()
+        print(f"vl2spike {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder, a path that vanished mid-run
+        _clear_progress_bars()
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"vl2spike {args.command}: error: cannot read or write a file: {error.strerror or error}{where}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vl2spike {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _clear_progress_bars() -> None:
+    """Erase a progress bar the error interrupted, so the error is the one line left on the terminal."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

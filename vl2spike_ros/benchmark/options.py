@@ -25,7 +25,10 @@ def _map_sizes(text: str) -> list[int]:
 
 
 def add_benchmark_command(commands, handler) -> None:
-    from vl2spike_ros.cli import _positive_int  # the CLI's own check, for the same error text
+    from vl2spike_ros.cli_arguments import bounded_int  # the CLI's own check, for the same error text
+
+    threads, frames, places, repeats = (bounded_int(1, 256), bounded_int(1, 10**8), bounded_int(1, 10**7),
+                                        bounded_int(1, 10**6))
     bench = commands.add_parser(
         "benchmark", help="speed, energy, map search, node latency and memory in one run",
         description="Measure encode speed against a CLIP ViT-B/32 image tower, energy per frame, map "
@@ -35,31 +38,31 @@ def add_benchmark_command(commands, handler) -> None:
     bench.add_argument("--out", required=True, help="directory for benchmark.json, benchmark.md and work files")
     bench.add_argument("--quick", action="store_true",
                        help="smaller repeats and sizes (a few minutes); the JSON records the sizes used")
-    bench.add_argument("--threads", type=_positive_int, default=1,
+    bench.add_argument("--threads", type=threads, default=1,
                        help="torch, onnxruntime and FAISS threads (default 1)")
     bench.add_argument("--backend", choices=("torch", "onnxruntime", "both"), default="both",
                        help="student backends to time; the encode keys report the fastest (default both)")
     bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
     bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
-    bench.add_argument("--soak", type=_positive_int, nargs="?", const=DEFAULT_SOAK_FRAMES, default=None,
+    bench.add_argument("--soak", type=frames, nargs="?", const=DEFAULT_SOAK_FRAMES, default=None,
                        metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
                                               f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")
     sizes = bench.add_argument_group("sizes (default: full, or --quick's smaller ones)")
     sizes.add_argument("--map-sizes", type=_map_sizes, default=None, metavar="A,B,C",
                        help=f"the three map sizes (full {FULL['map_sizes']}, quick {QUICK['map_sizes']})")
-    sizes.add_argument("--hnsw-max-places", type=_positive_int, default=None,
+    sizes.add_argument("--hnsw-max-places", type=places, default=None,
                        help=f"largest map built as HNSW (full {FULL['hnsw_max_places']:,}, quick "
                             f"{QUICK['hnsw_max_places']:,}; its build is the slowest part)")
-    sizes.add_argument("--node-places", type=_positive_int, default=None,
+    sizes.add_argument("--node-places", type=places, default=None,
                        help=f"places in the node's map (default {NORDLAND_PLACES})")
-    sizes.add_argument("--node-frames", type=_positive_int, default=None,
+    sizes.add_argument("--node-frames", type=frames, default=None,
                        help=f"frames streamed at 30 Hz (full {FULL['node_frames']}, quick {QUICK['node_frames']})")
-    sizes.add_argument("--eval-places", type=_positive_int, default=None,
+    sizes.add_argument("--eval-places", type=places, default=None,
                        help=f"queries = references in the evaluation (full {FULL['eval_places']}, "
                             f"quick {QUICK['eval_places']})")
-    sizes.add_argument("--repeats", type=_positive_int, default=None, help="timed batch-1 calls per model")
-    sizes.add_argument("--vit-repeats", type=_positive_int, default=None, help="timed batch-1 calls of the ViT")
-    sizes.add_argument("--batch-repeats", type=_positive_int, default=None, help="timed batch-32 calls per model")
+    sizes.add_argument("--repeats", type=repeats, default=None, help="timed batch-1 calls per model")
+    sizes.add_argument("--vit-repeats", type=repeats, default=None, help="timed batch-1 calls of the ViT")
+    sizes.add_argument("--batch-repeats", type=repeats, default=None, help="timed batch-32 calls per model")
     bench.set_defaults(func=handler)
 
 

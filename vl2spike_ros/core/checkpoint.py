@@ -73,7 +73,13 @@ def save_checkpoint(path: str | Path, model: SpikformerStudent, provenance: dict
         "provenance": json.dumps(provenance or {}, sort_keys=True),
         "fingerprint": fingerprint,
     }
-    with atomic_path(Path(path)) as temporary:
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"checkpoint output {path}: is a directory; expected a file path such as "
+                         f"{path / 'student.safetensors'}")
+    if not path.parent.is_dir():
+        raise InputError(f"checkpoint output {path}: its folder {path.parent} does not exist")
+    with atomic_path(path) as temporary:
         save_file(state, str(temporary), metadata=metadata)
     return fingerprint
 
@@ -86,17 +92,19 @@ def read_checkpoint(path: str | Path | None) -> tuple[CheckpointInfo, dict[str, 
     expected = f"a {CHECKPOINT_FORMAT} safetensors file written by vl2spike"
     state, metadata = read_safetensors(path, "checkpoint", f"expected {expected}")
     if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"checkpoint {path}: format {metadata.get('format')!r}; expected {expected}")
+        raise InputError(f"checkpoint {path}: format {metadata.get('format')!r:.60}; expected {expected}")
     if metadata.get("format_version") != str(CHECKPOINT_FORMAT_VERSION):
-        raise InputError(f"checkpoint {path}: format version {metadata.get('format_version')!r}; "
+        raise InputError(f"checkpoint {path}: format version {metadata.get('format_version')!r:.60}; "
                          f"this vl2spike reads version {CHECKPOINT_FORMAT_VERSION}")
     try:
         config = StudentConfig.from_dict(json.loads(metadata["config"]))
         provenance = json.loads(metadata.get("provenance", "{}"))
-    except (KeyError, json.JSONDecodeError, TypeError) as error:
-        raise InputError(f"checkpoint {path}: config metadata unreadable ({error})") from None
     except InputError as error:
         raise InputError(f"checkpoint {path}: {error}") from None
+    except (KeyError, ValueError, TypeError) as error:
+        raise InputError(f"checkpoint {path}: config metadata unreadable ({str(error)[:200]})") from None
+    except RecursionError:
+        raise InputError(f"checkpoint {path}: config metadata unreadable (JSON nested too deeply)") from None
     fingerprint = fingerprint_of(metadata["config"], state)
     if fingerprint != metadata.get("fingerprint"):
         raise InputError(f"checkpoint {path}: contents do not match its recorded fingerprint "

@@ -91,7 +91,6 @@ class Localizer:
                                       expected_dim=encoder.dim)
         elif options.get("mode", "localize") == "map":
             place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
-            _check_grows_one_by_one(place_map)
         else:
             raise InputError(f"map {map_path!r}: no such map directory; build one with "
                              "`vl2spike build-map` or start in mode 'map'")
@@ -179,16 +178,3 @@ class Localizer:
         self.place_map.save(path)
         return len(self.place_map)
 
-
-def _check_grows_one_by_one(place_map: PlaceMap) -> None:
-    """Mapping from an empty map adds one keyframe at a time: refuse an index kind that cannot take
-    that (IVF-PQ trains on its first add), at start instead of on every frame."""
-    trial = PlaceMap(place_map.dim, place_map.fingerprint, place_map.index_kind, **place_map.index_options)
-    vector = np.zeros((1, place_map.dim), dtype=np.float32)
-    vector[0, 0] = 1.0
-    try:
-        trial.add(vector)
-    except InputError as error:
-        raise InputError(f"index {place_map.index_kind!r} cannot start from an empty map in mode 'map' "
-                         f"({error}); build a first map with `vl2spike build-map --index "
-                         f"{place_map.index_kind}` or map with index flat or hnsw") from error

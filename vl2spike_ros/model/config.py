@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from ..errors import InputError
 
 POOLINGS = ("mean", "gem")
+# Upper bounds, checked before any tensor exists: a config (from a file, or `--set`) beyond them would
+# ask for gigabytes to terabytes of weights or attention maps. Generous for a VPR student.
+INT_LIMITS = {"image_height": 4096, "image_width": 4096, "in_channels": 3, "embed_dims": 4096,
+              "num_heads": 64, "depths": 48, "timesteps": 64, "descriptor_dim": 65536,
+              "patch_norm_size": 4096, "pool_grid_rows": 4096, "pool_grid_cols": 4096}
+MAX_TOKENS = 4096  # spiking self-attention holds tokens^2 scores per head and timestep
+MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights
+MAX_MLP_RATIO = 16.0
 INPUT_NORMALIZATIONS = ("standard", "patch")
 
 
@@ -49,11 +58,21 @@ class StudentConfig:
                     "pool_grid_cols")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InputError(f"student config: {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= INT_LIMITS[name]:
+                raise InputError(f"student config: {name} must be an integer in [1, {INT_LIMITS[name]}], "
+                                 f"got {_short(value)}")
+        for name in ("mlp_ratio", "lif_tau", "bn_momentum"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise InputError(f"student config: {name} must be a finite number, got {_short(value)}")
+        if not 0.0 < self.mlp_ratio <= MAX_MLP_RATIO:
+            raise InputError(f"student config: mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
+        for name in ("pooling", "input_normalization"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError(f"student config: {name} must be a string, got {_short(getattr(self, name))}")
         if self.patch_size not in (4, 16):
             raise InputError(f"student config: patch_size must be 4 or 16 (spikingjelly's "
-                             f"Spikformer stem), got {self.patch_size!r}")
+                             f"Spikformer stem), got {_short(self.patch_size)}")
         if self.image_height % self.patch_size or self.image_width % self.patch_size:
             raise InputError(f"student config: image size {self.image_height}x{self.image_width} "
                              f"must be a multiple of patch_size {self.patch_size}")
@@ -64,17 +83,33 @@ class StudentConfig:
         if self.embed_dims % 8 or self.embed_dims % self.num_heads:
             raise InputError(f"student config: embed_dims {self.embed_dims} must be a multiple of 8 "
                              f"and of num_heads {self.num_heads}")
+        if self.num_tokens > MAX_TOKENS:
+            raise InputError(f"student config: {grid[0]}x{grid[1]} = {self.num_tokens} tokens "
+                             f"(image {self.image_height}x{self.image_width} / patch {self.patch_size}); "
+                             f"expected at most {MAX_TOKENS}")
+        if self.estimated_parameters > MAX_PARAMETERS:
+            raise InputError(f"student config: about {self.estimated_parameters:,} weights (embed_dims "
+                             f"{self.embed_dims}, depths {self.depths}, descriptor_dim {self.descriptor_dim}); "
+                             f"expected at most {MAX_PARAMETERS:,}")
         if self.in_channels not in (1, 3):
             raise InputError(f"student config: in_channels must be 1 or 3, got {self.in_channels}")
         if self.pooling not in POOLINGS:
-            raise InputError(f"student config: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise InputError(f"student config: pooling must be one of {POOLINGS}, got {_short(self.pooling)}")
         if self.input_normalization not in INPUT_NORMALIZATIONS:
             raise InputError(f"student config: input_normalization must be one of "
-                             f"{INPUT_NORMALIZATIONS}, got {self.input_normalization!r}")
+                             f"{INPUT_NORMALIZATIONS}, got {_short(self.input_normalization)}")
         if not 0.0 < float(self.bn_momentum) <= 1.0:
             raise InputError(f"student config: bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if float(self.lif_tau) <= 1.0:
             raise InputError(f"student config: lif_tau must be > 1, got {self.lif_tau}")
+
+    @property
+    def estimated_parameters(self) -> int:
+        """Weights the model will have, roughly (the stem's convolutions, the blocks, the head)."""
+        square = self.embed_dims ** 2
+        blocks = self.depths * (4 + 2 * self.mlp_ratio) * square  # q, k, v, projection; MLP
+        head = self.embed_dims * self.pool_grid_rows * self.pool_grid_cols * self.descriptor_dim
+        return int(13 * square + blocks + head)
 
     @property
     def num_tokens(self) -> int:
@@ -88,8 +123,15 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "StudentConfig":
+        if not isinstance(values, dict):
+            raise InputError(f"student config: expected a JSON object of fields, got {_short(values)}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InputError(f"student config: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise InputError(f"student config: unknown keys {_short(unknown)}; expected a subset of {sorted(known)}")
         return cls(**values)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ rclpy is imported only when `play` runs, so `make-bag` and `--help` work without
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,30 +15,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vl2spike_ros.cli_arguments import bounded_float, bounded_int, require_writable_folder
 from vl2spike_ros.errors import InputError
 
 DEFAULT_PLAY_TOPIC = "image"
 ACK_TIMEOUT_S = 5.0  # how long `play` waits for subscribers to acknowledge its last messages
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+MAX_RATE_HZ = 10_000.0
+MAX_WAIT_S = 86_400.0
+MAX_SUBSCRIBERS = 10_000
+# ROS 2 topic names: tokens of letters, digits and underscores (not starting with a digit) joined by
+# '/', optionally absolute ('/') or private ('~/'); no empty token, no trailing '/'.
+_TOPIC_NAME = re.compile(r"(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+def check_topic_name(name: str, option: str) -> str:
+    """`name` when it is a valid ROS 2 topic name; InputError naming `option` otherwise."""
+    if not _TOPIC_NAME.fullmatch(name) or "__" in name:
+        raise InputError(f"{option} {name[:80]!r}: not a valid ROS 2 topic name (expected letters, digits "
+                         "and underscores in '/'-separated tokens not starting with a digit, "
+                         "e.g. /camera/image_raw)")
+    return name
 
 
 # --- make-bag ---------------------------------------------------------------------------------------
@@ -56,6 +55,9 @@ def make_bag(images: str | Path, out: str | Path, topic: str | None = None, stor
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
+    if args.topic is not None:
+        check_topic_name(args.topic, "--topic")
+    require_writable_folder(Path(args.out), "bag output")
     out = make_bag(args.images, args.out, topic=args.topic, storage=args.storage,
                    compressed=args.compressed, compression=args.compression, rate_hz=args.rate,
                    frame_id=args.frame_id, input_topic=args.input_topic, progress=True)
@@ -187,6 +189,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    check_topic_name(args.to, "--to")
     if not Path(args.bag).exists():
         raise InputError(f"bag {args.bag}: no such file or directory")
     bag_messages(args.bag, args.topic)  # refuse a bad bag before starting ROS
@@ -224,7 +227,7 @@ def add_replay_commands(subparsers: argparse._SubParsersAction) -> None:
                       help="codec with --compressed (default png, lossless)")
     make.add_argument("--topic", default=None,
                       help="image topic (default /camera/image_raw, or /camera/image_raw/compressed)")
-    make.add_argument("--rate", type=_positive_float, default=10.0,
+    make.add_argument("--rate", type=bounded_float(0.0, MAX_RATE_HZ, low_inclusive=False), default=10.0,
                       help="frames per second for the stamps (default 10)")
     make.add_argument("--frame-id", default="camera", help="header.frame_id (default camera)")
     make.set_defaults(func=cmd_make_bag)
@@ -238,12 +241,12 @@ def add_replay_commands(subparsers: argparse._SubParsersAction) -> None:
     play.add_argument("--to", default=DEFAULT_PLAY_TOPIC,
                       help="topic to publish on (default 'image', vpr_node's input; use "
                            "image/compressed for CompressedImage bags)")
-    play.add_argument("--rate", type=_non_negative_float, default=0.0,
+    play.add_argument("--rate", type=bounded_float(0.0, MAX_RATE_HZ), default=0.0,
                       help="frames per second; 0 replays the recorded timing (default 0)")
     play.add_argument("--restamp", action="store_true", help="stamp messages with the current time")
     play.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
-    play.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+    play.add_argument("--wait-subscribers", type=bounded_int(0, MAX_SUBSCRIBERS), default=0, metavar="N",
                       help="wait for N subscribers before publishing (default 0)")
-    play.add_argument("--wait-timeout", type=_positive_float, default=30.0,
+    play.add_argument("--wait-timeout", type=bounded_float(0.0, MAX_WAIT_S, low_inclusive=False), default=30.0,
                       help="seconds to wait for --wait-subscribers (default 30)")
     play.set_defaults(func=cmd_play)

@@ -1,11 +1,13 @@
-"""sensor_msgs Image / CompressedImage <-> RGB uint8, with the checks a node needs on live input.
+"""sensor_msgs Image / CompressedImage <-> RGB uint8, with the checks untrusted input needs.
 
+The one conversion of image messages, for the node's live input and for the images in a bag alike.
 Conversion goes through ROS 2 `cv_bridge` where it imports (a ROS 2 install) and through
-rosbags-image / OpenCV otherwise (pip installs). Either way the message is validated first:
-a supported encoding, non-zero size, a `step` that holds a row, and exactly `step * height` bytes;
-a compressed image must decode. Anything else raises InputError naming what is wrong, so the
-node can count it, log it and drop the frame. Works on rclpy messages and on rosbags' messages
-(both have the same field names).
+rosbags-image / OpenCV otherwise (pip installs). Either way the message is checked first, before
+any pixel buffer is allocated (`vl2spike_ros.core.images`): a convertible encoding, a positive
+size of at most `max_pixels`, a `step` that holds a row and exactly `step * height` bytes; a
+compressed image must be JPEG or PNG whose header claims at most `max_pixels` and must decode.
+Anything else raises InputError naming what is wrong, so the node can count it, log it and drop
+the frame. Works on rclpy messages and on rosbags' messages (both have the same field names).
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rosbags.image import ImageError, message_to_cvimage
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.core.images import ENCODINGS, SUPPORTED_ENCODINGS, decode_compressed, to_rgb
+from vl2spike_ros.core import images
+from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS, ENCODINGS, to_rgb
 
 try:  # ROS 2 cv_bridge (apt: ros-<distro>-cv-bridge). The PyPI `cv-bridge` is a ROS 1 port: see below.
     from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
@@ -29,44 +33,31 @@ except Exception:  # noqa: BLE001 - any failure means "use the fallback"
     _BRIDGE = None
     CvBridgeError = RuntimeError  # type: ignore[assignment,misc]
 
-if _BRIDGE is None:
-    from rosbags.image import message_to_cvimage
-
 BACKEND = "cv_bridge" if _BRIDGE is not None else "rosbags-image"
-# Bytes per pixel of each supported encoding.
-BYTES_PER_PIXEL = {name: np.dtype(dtype).itemsize * channels for name, (dtype, channels, _) in ENCODINGS.items()}
-_JPEG_MAGIC = b"\xff\xd8"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def check_image(message: Any) -> None:
-    """Structural checks of a sensor_msgs/Image, O(1): raise InputError when it cannot be used."""
-    encoding = str(message.encoding)
-    if encoding not in ENCODINGS:
-        raise InputError(f"image encoding {encoding!r}: expected one of {', '.join(SUPPORTED_ENCODINGS)}")
-    height, width, step = int(message.height), int(message.width), int(message.step)
-    if height <= 0 or width <= 0:
-        raise InputError(f"image size {width}x{height}: expected a positive width and height")
-    row = width * BYTES_PER_PIXEL[encoding]
-    if step < row:
-        raise InputError(f"image step {step}: a {encoding} row of width {width} needs at least {row} bytes")
-    expected = step * height
-    actual = len(message.data)
-    if actual != expected:
-        kind = "truncated" if actual < expected else "oversized"
-        raise InputError(f"image data {kind}: {actual} bytes, expected step*height = {expected}")
+def _is_compressed(message: Any) -> bool:
+    return hasattr(message, "format") and not hasattr(message, "encoding")
 
 
-def check_compressed(message: Any) -> None:
-    """Cheap checks of a sensor_msgs/CompressedImage (magic bytes); full decoding finds the rest."""
-    head = bytes(message.data[:8])
-    if not (head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC)):
-        raise InputError(f"compressed image (format {str(message.format)!r}), {len(message.data)} bytes: "
-                         "not JPEG or PNG data")
+def check_image(message: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Checks of a sensor_msgs/Image, O(1): raise InputError when it cannot be used."""
+    images.check_raw_image(str(message.encoding), int(message.width), int(message.height),
+                           int(message.step), len(message.data), max_pixels)
+
+
+def check_compressed(message: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Checks of a sensor_msgs/CompressedImage without decoding it: JPEG or PNG, and the size its
+    header claims at most `max_pixels`."""
+    images.check_compressed(_bytes(message.data), str(message.format), max_pixels)
+
+
+def _bytes(data: Any) -> bytes:
+    return data.tobytes() if hasattr(data, "tobytes") else bytes(data)
 
 
 def _pixels(message: Any) -> np.ndarray:
-    """HxW(xC) array of an already checked Image, honouring step and is_bigendian."""
+    """HxW(xC) array of an already checked Image in one of ENCODINGS, honouring step and is_bigendian."""
     encoding = str(message.encoding)
     dtype, channels, _ = ENCODINGS[encoding]
     height, width, step = int(message.height), int(message.width), int(message.step)
@@ -88,16 +79,25 @@ def _pixels(message: Any) -> np.ndarray:
     return array.reshape(height, width, channels) if channels > 1 else array.reshape(height, width)
 
 
-def image_to_rgb(message: Any) -> np.ndarray:
-    """RGB uint8 HxWx3 of a sensor_msgs/Image in rgb8, bgr8, mono8, mono16, rgba8 or bgra8."""
-    check_image(message)
-    array = _pixels(message)
-    return to_rgb(array, str(message.encoding))
+def image_to_rgb(message: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """RGB uint8 HxWx3 of a sensor_msgs/Image: rgb8, bgr8, mono8, mono16, rgba8, bgra8, and the
+    Bayer, YUV 4:2:2 and 16-bit colour encodings rosbags-image converts."""
+    check_image(message, max_pixels)
+    encoding = str(message.encoding)
+    if encoding in ENCODINGS:
+        return to_rgb(_pixels(message), encoding)
+    if int(message.step) != int(message.width) * images.BYTES_PER_PIXEL[encoding]:
+        raise InputError(f"image ({encoding}): padded rows (step {message.step}) are only read for "
+                         f"{', '.join(ENCODINGS)}")
+    try:
+        return to_rgb(message_to_cvimage(message, "rgb8"))
+    except (ImageError, cv2.error) as error:
+        raise InputError(f"image encoding {encoding!r}: cannot convert to RGB ({error})") from None
 
 
-def compressed_to_rgb(message: Any) -> np.ndarray:
+def compressed_to_rgb(message: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """RGB uint8 HxWx3 of a sensor_msgs/CompressedImage holding JPEG or PNG data."""
-    check_compressed(message)
+    check_compressed(message, max_pixels)
     if _BRIDGE is not None:
         try:
             array = _BRIDGE.compressed_imgmsg_to_cv2(message, desired_encoding="passthrough")
@@ -105,21 +105,15 @@ def compressed_to_rgb(message: Any) -> np.ndarray:
             raise InputError(f"compressed image (format {str(message.format)!r}): cannot decode: {error}") from None
         if array is None or np.asarray(array).size == 0:
             raise InputError(f"compressed image (format {str(message.format)!r}): cannot decode")
-        array = np.asarray(array)
-        # cv_bridge decodes with OpenCV: BGR(A) order.
-        channels = 1 if array.ndim == 2 else array.shape[2]
-        if array.dtype == np.uint16:
-            array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return to_rgb(array, {1: "mono8", 3: "bgr8", 4: "bgra8"}[channels])
-    data = message.data
-    return decode_compressed(data.tobytes() if isinstance(data, np.ndarray) else bytes(data), str(message.format))
+        return images.opencv_to_rgb(np.asarray(array))  # cv_bridge decodes with OpenCV: BGR(A) order
+    return images.decode_compressed(_bytes(message.data), str(message.format), max_pixels)
 
 
-def message_to_rgb(message: Any) -> np.ndarray:
-    """Either kind of image message to RGB uint8."""
-    if hasattr(message, "format") and not hasattr(message, "encoding"):
-        return compressed_to_rgb(message)
-    return image_to_rgb(message)
+def message_to_rgb(message: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Either kind of image message to RGB uint8, refusing images above `max_pixels` pixels."""
+    if _is_compressed(message):
+        return compressed_to_rgb(message, max_pixels)
+    return image_to_rgb(message, max_pixels)
 
 
 def rgb_to_image(rgb: np.ndarray, header: Any = None, encoding: str = "rgb8") -> Any:

@@ -236,7 +236,7 @@ class VprNode(LifecycleNode):
 
     def _on_image(self, message: Image) -> None:
         try:
-            ros_images.check_image(message)
+            ros_images.check_image(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -244,7 +244,7 @@ class VprNode(LifecycleNode):
 
     def _on_compressed(self, message: CompressedImage) -> None:
         try:
-            ros_images.check_compressed(message)
+            ros_images.check_compressed(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -272,7 +272,7 @@ class VprNode(LifecycleNode):
                 self._slot.finish()
 
     def _process(self, message: Any, frames_skipped: int) -> None:
-        rgb = ros_images.message_to_rgb(message)
+        rgb = ros_images.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
         stamp = message.header.stamp
         with self._lock:
             localizer = self._localizer

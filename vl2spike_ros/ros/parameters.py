@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl2spike_ros.core.localizer import MODES
 
 TRANSPORTS = ("raw", "compressed")
@@ -53,7 +54,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("num_threads", 0, "torch CPU threads for inference (0: torch's default)",
                   read_only=True, low=0, high=256, step=1),
     ParameterSpec("index", "flat", "FAISS index kind of a map started empty in mode 'map' "
-                  "(ivfpq only where the map can start empty)",
+                  "(ivfpq keeps keyframes exactly until it has enough to train)",
                   read_only=True, choices=("flat", "hnsw", "ivfpq")),
     ParameterSpec("publish_match_image", True, "publish ~/match_image (only while someone subscribes)"),
     ParameterSpec("map_frame", "map", "frame_id of ~/pose", read_only=True),
@@ -61,6 +62,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   low=0.0, high=1.0e6),
     ParameterSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True,
                   low=0.1, high=60.0),
+    ParameterSpec("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "frames whose header claims more pixels "
+                  "than this are invalid (checked before decoding; default 2^25, 8K UHD fits)",
+                  low=1, high=2**31 - 1, step=1),
     ParameterSpec("invalid_log_period", 5.0, "seconds between log lines about invalid frames (throttle)",
                   low=0.0, high=3600.0),
 )

@@ -1,24 +1,25 @@
 """rosbag2 image sequences (sqlite3 and mcap) through rosbags: no ROS install needed."""
 import json
 import shutil
+import sqlite3
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.image import ImageError, message_to_cvimage
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.errors import ReaderError
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
 from vl2spike_ros.sources.frames import Frame, ImageSequence
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.core.images import ENCODINGS, decode_compressed, to_rgb
+from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
+from vl2spike_ros.ros.image_messages import message_to_rgb
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -37,28 +38,21 @@ START_STAMP_NS = 1_767_225_600 * 10**9
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 
 
-def message_to_rgb(message: Any) -> np.ndarray:
-    """RGB uint8 pixels of a deserialised sensor_msgs Image or CompressedImage."""
-    if hasattr(message, "format"):
-        # Our decoder rather than rosbags': it reports corrupt data as InputError, not AssertionError.
-        return decode_compressed(bytes(message.data), message.format)
-    if message.encoding in ENCODINGS:
-        return to_rgb(message_to_cvimage(message), message.encoding)
-    try:  # Bayer, YUV and 16-bit colour: rosbags-image knows how to convert them.
-        return to_rgb(message_to_cvimage(message, "rgb8"))
-    except ImageError as error:
-        raise InputError(
-            f"image encoding {message.encoding!r}: cannot convert to RGB ({error}); "
-            f"expected one of {', '.join(ENCODINGS)} or another encoding rosbags-image supports"
-        ) from None
-
-
-def _open_reader(path: Path) -> Reader:
+@contextmanager
+def _open_reader(path: Path) -> Iterator[Reader]:
+    """An open Reader of the bag at `path`; whatever rosbags, sqlite or the bag's YAML raise about a
+    corrupt or incomplete bag, while opening or reading, becomes one InputError naming the bag."""
     try:
-        return Reader(path)
-    except (FileNotFoundError, ReaderError) as error:
+        with Reader(path) as reader:
+            yield reader
+    except InputError:
+        raise
+    # A broken bag surfaces as many exception types (ReaderError, sqlite3 and YAML errors, struct and
+    # Unicode errors from a corrupt mcap); all mean the same to the user.
+    except Exception as error:  # noqa: BLE001
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(
-            f"rosbag2 {path}: cannot open ({error}); expected a bag directory with metadata.yaml "
+            f"rosbag2 {path}: cannot open or read it ({detail}); expected a bag directory with metadata.yaml "
             "or a .db3 / .mcap file"
         ) from None
 
@@ -66,8 +60,10 @@ def _open_reader(path: Path) -> Reader:
 class BagSequence:
     """The images of one topic of a rosbag2, in recording order."""
 
-    def __init__(self, path: str | Path, topic: str | None = None) -> None:
+    def __init__(self, path: str | Path, topic: str | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.path = Path(path)
+        self.max_image_pixels = max_image_pixels
         with _open_reader(self.path) as reader:
             self.connection = self._image_connection(reader.connections, topic)
             self.topic = self.connection.topic
@@ -135,7 +131,12 @@ class BagSequence:
         return len(self._keys)
 
     def _decode(self, rawdata: bytes) -> np.ndarray:
-        return message_to_rgb(TYPESTORE.deserialize_cdr(rawdata, self.connection.msgtype))
+        try:
+            message = TYPESTORE.deserialize_cdr(rawdata, self.connection.msgtype)
+        except Exception as error:  # noqa: BLE001 - corrupt CDR bytes raise struct, index or value errors
+            raise InputError(f"rosbag2 {self.path}: a {self.connection.msgtype} message on {self.topic} is "
+                             f"corrupt ({type(error).__name__}: {error})") from None
+        return message_to_rgb(message, self.max_image_pixels)
 
     def read(self, index: int) -> np.ndarray:
         timestamp, rank = self._keys[index]
@@ -224,6 +225,10 @@ def write_bag(
                 writer.write(source_connection, timestamp,
                              TYPESTORE.serialize_cdr(TYPESTORE.types[STRING](data=source), STRING))
         staged_bag.rename(out_path)
+    # A full disk or read-only folder reaches us as sqlite's or rosbags' own errors, not only OSError.
+    except (OSError, sqlite3.Error, WriterError) as error:
+        raise InputError(f"bag output {out_path}: cannot write it ({error}); is the disk full or the "
+                         "folder read-only?") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_path

@@ -1,0 +1,317 @@
+"""Untrusted files and arguments through the `vl2spike` command: every bad input ends with exit code 2,
+one line on stderr naming it, no traceback, and nothing on disk changed.
+
+Most cases call the CLI's `main` in this process (a subprocess costs seconds on 2 shared cores);
+a few run the real command, where a traceback or a usage block would really reach the terminal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from helpers import jpeg_size_bomb, tiny_student, write_tiny_checkpoint
+from test_cli import VL2SPIKE, one_error_line, write_traverse
+from test_place_map import as_format_1
+from vl2spike_ros.cli import main
+from vl2spike_ros.core.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, fingerprint_of
+from vl2spike_ros.sources.bags import IMAGE, TYPESTORE
+from vl2spike_ros.sources.image_folders import ImageFolderSequence
+
+RNG_SEED = 20261129
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Good inputs to corrupt copies of: a checkpoint, a traverse, a bag of it, maps of it (formats 2 and 1)."""
+    from vl2spike_ros.sources.bags import write_bag
+
+    root = tmp_path_factory.mktemp("untrusted")
+    checkpoint = write_tiny_checkpoint(root / "student.safetensors")
+    images = write_traverse(root / "images", 20)  # evaluate needs 20 references (Recall@20)
+    bag = write_bag(ImageFolderSequence(images), root / "bag")
+    assert main(["build-map", "--images", str(images), "--checkpoint", str(checkpoint),
+                 "--out", str(root / "map")]) == 0
+    shutil.copytree(root / "map", root / "map_v1")
+    as_format_1(root / "map_v1")
+    return {"root": root, "checkpoint": checkpoint, "images": images, "bag": bag,
+            "map": root / "map", "map_v1": root / "map_v1"}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder` with a hash of its bytes (folders as '<dir>')."""
+    return {str(path.relative_to(folder)): ("<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest())
+            for path in sorted(folder.rglob("*"))}
+
+
+def error_line(stderr: str) -> str:
+    """The one line of `stderr` besides progress bars (tqdm redraws them with carriage returns)."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if not any(unit in line for unit in ("it/s]", "img/s]", "frame/s]"))]
+    return one_error_line("\n".join(lines))
+
+
+def refused(args: list, capsys, workspace: Path, expected: str = "") -> str:
+    """Run the CLI in-process; it must refuse with exit 2 and one line, changing nothing under `workspace`."""
+    before = snapshot(workspace)
+    code = main([str(arg) for arg in args])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2, line
+    assert expected in line, line
+    assert snapshot(workspace) == before
+    return line
+
+
+def refused_in_subprocess(args: list, workspace: Path, expected: str = "", preexec_fn=None,
+                          wrapper: list[str] = ()) -> str:
+    before = snapshot(workspace)
+    result = subprocess.run([*wrapper, *VL2SPIKE, *map(str, args)], capture_output=True, text=True, timeout=300,
+                            preexec_fn=preexec_fn, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    line = error_line(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert expected in line and "usage:" not in result.stderr, result.stderr
+    assert snapshot(workspace) == before
+    return line
+
+
+def corrupted(data: bytes, how: str, rng: np.random.Generator) -> bytes:
+    """Truncated at a random point, random bytes of the same length, or random bytes after a valid head."""
+    if how == "truncated":
+        return data[: int(rng.integers(1, max(2, len(data) - 1)))]
+    if how == "random":
+        return rng.bytes(len(data))
+    return data[:16] + rng.bytes(max(0, len(data) - 16))  # "random tail": right magic, garbage after
+
+
+HOWS = ("truncated", "random", "random tail")
+
+
+# --- fuzz: images, bags, maps, checkpoints --------------------------------------------------------
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("victim", [0, 2])
+def test_fuzzed_image_in_a_folder(inputs, tmp_path, capsys, how, victim):
+    rng = np.random.default_rng([RNG_SEED, victim, HOWS.index(how)])
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    path = sorted(images.iterdir())[victim]
+    path.write_bytes(corrupted(path.read_bytes(), how, rng))
+    refused(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+            capsys, tmp_path, path.name)
+
+
+@pytest.mark.parametrize("name, how", [("db3", "truncated"), ("db3", "random"), ("db3", "random tail"),
+                                       ("metadata.yaml", "truncated"), ("metadata.yaml", "random"),
+                                       ("db3", "missing"), ("metadata.yaml", "missing")])
+def test_fuzzed_bag(inputs, tmp_path, capsys, name, how):
+    rng = np.random.default_rng([RNG_SEED, len(name), HOWS.index(how) if how in HOWS else 9])
+    bag = shutil.copytree(inputs["bag"], tmp_path / "bag")
+    path = next(bag.glob("*.db3")) if name == "db3" else bag / name
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(corrupted(path.read_bytes(), how, rng))
+    # Without metadata.yaml the folder is no bag; it is then read (and refused) as an image folder.
+    expected = "no images in" if (name, how) == ("metadata.yaml", "missing") else "rosbag2"
+    refused(["build-map", "--images", bag, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+            capsys, tmp_path, expected)
+
+
+@pytest.mark.parametrize("version", ["map", "map_v1"])
+@pytest.mark.parametrize("name", ["index.faiss", "descriptors.npy", "places.json", "map.json"])
+@pytest.mark.parametrize("how", ["truncated", "random tail"])
+def test_fuzzed_map_file(inputs, tmp_path, capsys, version, name, how):
+    rng = np.random.default_rng([RNG_SEED, len(name), len(version), HOWS.index(how)])
+    map_dir = shutil.copytree(inputs[version], tmp_path / "map")
+    path = map_dir / name
+    path.write_bytes(corrupted(path.read_bytes(), how, rng))
+    refused(["evaluate", "--map", map_dir, "--query", inputs["images"], "--checkpoint", inputs["checkpoint"],
+             "--out", tmp_path / "eval"], capsys, tmp_path, "map ")
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_fuzzed_checkpoint(inputs, tmp_path, capsys, how):
+    rng = np.random.default_rng([RNG_SEED, 7, HOWS.index(how)])
+    checkpoint = tmp_path / "student.safetensors"
+    checkpoint.write_bytes(corrupted(inputs["checkpoint"].read_bytes(), how, rng))
+    refused(["build-map", "--images", inputs["images"], "--checkpoint", checkpoint, "--out", tmp_path / "map"],
+            capsys, tmp_path, "checkpoint")
+
+
+def test_fuzz_through_the_real_command(inputs, tmp_path):
+    """The same refusals from the installed command: no traceback or usage block reaches stderr."""
+    rng = np.random.default_rng(RNG_SEED)
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    victim = sorted(images.iterdir())[1]
+    victim.write_bytes(corrupted(victim.read_bytes(), "random tail", rng))
+    refused_in_subprocess(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"],
+                           "--out", tmp_path / "map"], tmp_path, victim.name)
+    map_dir = shutil.copytree(inputs["map_v1"], tmp_path / "map_v1")
+    (map_dir / "index.faiss").write_bytes(corrupted((map_dir / "index.faiss").read_bytes(), "random tail", rng))
+    refused_in_subprocess(["evaluate", "--map", map_dir, "--query", inputs["images"], "--checkpoint",
+                           inputs["checkpoint"], "--out", tmp_path / "eval"], tmp_path, "index.faiss")
+    refused_in_subprocess(["evaluate", "--sequence-length", "99999999999", "--map", map_dir, "--query", images,
+                           "--out", tmp_path / "eval"], tmp_path, "--sequence-length: expected an integer in [1, 100]")
+
+
+# --- the failures the issue lists, one by one -----------------------------------------------------
+def test_image_size_bomb_in_a_folder(inputs, tmp_path, capsys):
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    bomb = sorted(images.iterdir())[1].with_suffix(".jpg")
+    sorted(images.iterdir())[1].unlink()
+    bomb.write_bytes(jpeg_size_bomb())
+    refused(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+            capsys, tmp_path, "20000x20000 = 400000000 pixels")
+
+
+def _bag_with_image(path: Path, height: int, width: int, step: int, data: bytes) -> Path:
+    from rosbags.rosbag2 import Writer
+
+    header = TYPESTORE.types["std_msgs/msg/Header"](
+        stamp=TYPESTORE.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="camera")
+    message = TYPESTORE.types[IMAGE](header=header, height=height, width=width, encoding="rgb8", is_bigendian=0,
+                                     step=step, data=np.frombuffer(data, dtype=np.uint8))
+    with Writer(path, version=9) as writer:
+        connection = writer.add_connection("/camera/image_raw", IMAGE, typestore=TYPESTORE)
+        writer.write(connection, 10**9, TYPESTORE.serialize_cdr(message, IMAGE))
+    return path
+
+
+@pytest.mark.parametrize("height, width, step, length, expected", [
+    (32, 64, 192, 100, "image data truncated: 100 bytes, expected step*height = 6144"),
+    (30000, 30000, 90000, 64, "image data truncated: 64 bytes, expected step*height = 2700000000"),
+])
+def test_bag_images_with_bad_sizes(inputs, tmp_path, capsys, height, width, step, length, expected):
+    bag = _bag_with_image(tmp_path / "bag", height, width, step, bytes(length))
+    refused(["build-map", "--images", bag, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+            capsys, tmp_path, expected)
+
+
+def test_deeply_nested_places_json(inputs, tmp_path, capsys):
+    map_dir = shutil.copytree(inputs["map_v1"], tmp_path / "map")
+    (map_dir / "places.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused(["evaluate", "--map", map_dir, "--query", inputs["images"], "--checkpoint", inputs["checkpoint"],
+             "--out", tmp_path / "eval"], capsys, tmp_path, "places.json: JSON nested too deeply")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["evaluate", "--tolerance", "99999999999999999999999"], "--tolerance: expected an integer in [0, 10000000]"),
+    (["evaluate", "--sequence-length", "99999999999"], "--sequence-length: expected an integer in [1, 100]"),
+    (["evaluate", "--radius", "inf", "--query-poses", "poses.csv"], "--radius: expected a number in [0, 1e+07]"),
+    (["build-map", "--images", "x", "--out", "y", "--batch-size", "10000000"], "--batch-size"),
+    (["play", "bag", "--to", "bad topic!!"], "--to 'bad topic!!': not a valid ROS 2 topic name"),
+    (["play", "bag", "--wait-subscribers", "-1"], "--wait-subscribers"),
+    (["make-bag", "--images", "x", "--out", "y", "--rate", "nan"], "--rate"),
+    (["init-checkpoint", "--out", "c.safetensors", "--set", "embed_dims=1000000"],
+     "embed_dims must be an integer in [1, 4096], got 1000000"),
+    (["init-checkpoint", "--out", "c.safetensors", "--set", "pooling=" + "[" * 100_000],
+     "pooling must be one of"),
+    (["build-map"], "the following arguments are required"),
+    (["no-such-command"], "invalid choice"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    if args[0] == "evaluate":
+        args = [*args, "--query", "q", "--map", "m", "--out", "o"]
+    refused(args, capsys, tmp_path, expected)
+
+
+def test_argument_error_has_no_usage_block_but_help_does(tmp_path):
+    result = subprocess.run([*VL2SPIKE, "evaluate", "--tolerance", "lots"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "usage:" not in result.stderr
+    assert "(see vl2spike evaluate --help)" in result.stderr
+    assert "usage:" in subprocess.run([*VL2SPIKE, "evaluate", "--help"], capture_output=True, text=True).stdout
+
+
+def test_checkpoint_config_beyond_limits_with_a_valid_fingerprint(inputs, tmp_path, capsys):
+    """embed_dims 1e6 would ask for 1.1 TB; it is refused from the config, before any tensor exists."""
+    state = {name: tensor.contiguous() for name, tensor in tiny_student().state_dict().items()}
+    config = json.loads(tiny_student().config.to_json())
+    config_json = json.dumps({**config, "embed_dims": 1_000_000}, sort_keys=True)
+    metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_FORMAT_VERSION),
+                "config": config_json, "provenance": "{}", "fingerprint": fingerprint_of(config_json, state)}
+    save_file(state, str(tmp_path / "huge.safetensors"), metadata=metadata)
+    refused(["build-map", "--images", inputs["images"], "--checkpoint", tmp_path / "huge.safetensors",
+             "--out", tmp_path / "map"], capsys, tmp_path, "embed_dims must be an integer in [1, 4096]")
+
+
+@pytest.mark.parametrize("where", ["folder", "missing parent"])
+def test_init_checkpoint_out_at_a_folder_or_missing_parent(tmp_path, capsys, where):
+    (tmp_path / "models").mkdir()
+    out = tmp_path / "models" if where == "folder" else tmp_path / "nope" / "student.safetensors"
+    expected = "is a folder" if where == "folder" else "its folder"
+    refused(["init-checkpoint", "--out", out, "--overwrite"], capsys, tmp_path, expected)
+
+
+def test_build_map_overwrite_replaces_only_a_map(inputs, tmp_path, capsys):
+    """The folder merely holds a file called map.json (and a src/ folder): refused before encoding."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "map.json").write_text("{}\n")
+    refused(["build-map", "--images", inputs["images"], "--checkpoint", inputs["checkpoint"], "--out", project,
+             "--overwrite"], capsys, tmp_path, "not a map of vl2spike")
+    # A map of ours is replaced.
+    shutil.copytree(inputs["map"], tmp_path / "map")
+    assert main(["build-map", "--images", str(inputs["images"]), "--checkpoint", str(inputs["checkpoint"]),
+                 "--out", str(tmp_path / "map"), "--overwrite"]) == 0
+
+
+def test_evaluate_out_refuses_a_foreign_folder(inputs, tmp_path, capsys):
+    """Writing metrics into the query images' folder would break the next evaluation."""
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    refused(["evaluate", "--map", inputs["map"], "--query", images, "--checkpoint", inputs["checkpoint"],
+             "--out", images], capsys, tmp_path, "not an earlier evaluation output")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--map", str(inputs["map"]), "--query", str(images), "--checkpoint",
+            str(inputs["checkpoint"]), "--out", str(out)]
+    assert main(args) == 0 and main(args) == 0  # an earlier evaluation's folder is written again
+    capsys.readouterr()
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past 300 bytes, as on a full disk (EFBIG instead of ENOSPC)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+
+@pytest.mark.parametrize("command", ["build-map", "make-bag"])
+def test_full_disk_is_one_line(inputs, tmp_path, command):
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    args = [command, "--images", images, "--out", tmp_path / "out"]
+    if command == "build-map":
+        args += ["--checkpoint", inputs["checkpoint"]]
+    line = refused_in_subprocess(args, tmp_path, preexec_fn=_limit_file_size)
+    assert "File too large" in line or "disk" in line
+
+
+def _read_only_mount_works(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$1" "$1" && ! touch "$1/probe"',
+                            "sh", str(folder)], capture_output=True, timeout=30)
+    return probe.returncode == 0 and not (folder / "probe").exists()
+
+
+@pytest.mark.parametrize("command", ["build-map", "evaluate", "make-bag", "init-checkpoint"])
+def test_read_only_output_folder_is_one_line(inputs, tmp_path, command):
+    """A real read-only file system (a read-only bind mount in a private mount namespace), which
+    stops root too, unlike folder permissions."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if shutil.which("unshare") is None or not _read_only_mount_works(locked):
+        pytest.skip("needs unshare with user and mount namespaces for a read-only mount")
+    args = {"build-map": ["build-map", "--images", inputs["images"], "--checkpoint", inputs["checkpoint"]],
+            "evaluate": ["evaluate", "--map", inputs["map"], "--query", inputs["images"],
+                         "--checkpoint", inputs["checkpoint"]],
+            "make-bag": ["make-bag", "--images", inputs["images"]],
+            "init-checkpoint": ["init-checkpoint"]}[command]
+    out = locked / ("student.safetensors" if command == "init-checkpoint" else "out")
+    read_only = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$1" "$1" && shift && exec "$@"', "sh", str(locked)]
+    line = refused_in_subprocess([*args, "--out", out], tmp_path, "not writable", wrapper=read_only)
+    assert str(locked) in line

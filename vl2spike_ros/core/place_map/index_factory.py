@@ -1,0 +1,103 @@
+"""The FAISS index behind a map: kinds, their options, building and training them.
+
+Kinds: flat (exact IndexFlatIP), hnsw (IndexHNSWFlat) and ivfpq (IndexIVFPQ), all inner product.
+IVF-PQ must be trained on data: until a map holds enough descriptors to train it
+(`ivfpq_minimum_training_count`), an ivfpq map keeps its places in an exact flat index, so a map
+started empty (mapping mode adds one keyframe at a time) accepts every add.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+from vl2spike_ros.errors import InputError
+from vl2spike_ros.core.place_map.place import is_int, short_repr
+
+INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+# Options each index kind accepts, with defaults; None means "chosen from the data at training".
+INDEX_OPTION_DEFAULTS: dict[str, dict[str, int | None]] = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 64, "ef_search": 64},
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": None},
+}
+# Upper bounds that keep a typo (or a hostile map.json) from sizing gigabytes of index structure.
+MAX_DIM = 65536
+INDEX_OPTION_LIMITS = {"M": 512, "ef_construction": 65536, "ef_search": 65536,
+                       "nlist": 1 << 20, "m": MAX_DIM, "nbits": 16, "nprobe": 1 << 20}
+FAISS_INDEX_TYPES = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}
+# k-means wants ~39 points per IVF list before it stops warning; we size nlist to respect that.
+IVF_POINTS_PER_LIST = 39
+
+
+def checked_index_options(dim: int, index_kind: str, options: dict[str, Any]) -> dict[str, int | None]:
+    """All options of `index_kind` (defaults filled in), refusing unknown or out-of-range ones."""
+    if not is_int(dim) or not 1 <= dim <= MAX_DIM:
+        raise InputError(f"dim must be an integer in [1, {MAX_DIM}], got {short_repr(dim)}")
+    if index_kind not in INDEX_KINDS:
+        raise InputError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {short_repr(index_kind)}")
+    defaults = INDEX_OPTION_DEFAULTS[index_kind]
+    unknown = set(options) - set(defaults)
+    if unknown:
+        accepted = ", ".join(defaults) or "none"
+        raise InputError(
+            f"index kind {index_kind} does not take options {sorted(unknown)} (accepted: {accepted})"
+        )
+    for name, value in options.items():
+        if value is not None and (not is_int(value) or not 1 <= value <= INDEX_OPTION_LIMITS[name]):
+            raise InputError(f"index option {name} must be a positive integer up to "
+                             f"{INDEX_OPTION_LIMITS[name]}, got {short_repr(value)}")
+    checked = {**defaults, **options}
+    if index_kind == "ivfpq" and checked["m"] is not None and dim % checked["m"] != 0:
+        raise InputError(f"index option m={checked['m']} must divide the descriptor dim {dim}")
+    return checked
+
+
+def ivfpq_minimum_training_count(nbits: int = 8, nlist: int | None = None) -> int:
+    """Descriptors an ivfpq map needs before it trains IVF-PQ: one per PQ centroid, and per IVF list."""
+    return max(2**nbits, nlist or 1)
+
+
+def new_index(dim: int, index_kind: str, options: dict[str, int | None]) -> faiss.Index:
+    """An empty index of `index_kind`; for ivfpq the flat index it starts with (see the module doc)."""
+    if index_kind != "hnsw":
+        return faiss.IndexFlatIP(dim)
+    index = faiss.IndexHNSWFlat(dim, options["M"], faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = options["ef_construction"]
+    index.hnsw.efSearch = options["ef_search"]
+    return index
+
+
+def trained_ivfpq_index(vectors: np.ndarray, options: dict[str, int | None]) -> tuple[faiss.Index, dict]:
+    """IVF-PQ trained on `vectors` (not yet added) and the options with nlist, m and nprobe filled in."""
+    count, dim = vectors.shape
+    nlist = options["nlist"] or max(1, min(round(math.sqrt(count)), count // IVF_POINTS_PER_LIST))
+    m = options["m"] or _largest_divisor_up_to(dim, max(1, min(64, dim // 8)))
+    nprobe = min(nlist, options["nprobe"] or 16)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, options["nbits"], faiss.METRIC_INNER_PRODUCT)
+    # We train on few points on purpose (a map is small); k-means would warn on every sub-quantiser.
+    index.cp.min_points_per_centroid = 1
+    index.pq.cp.min_points_per_centroid = 1
+    index.train(vectors)
+    index.nprobe = nprobe
+    return index, {**options, "nlist": nlist, "m": m, "nprobe": nprobe}
+
+
+def apply_search_options(index: faiss.Index, options: dict[str, int | None]) -> None:
+    """Search-time settings that FAISS does not keep in the index file the way we set them."""
+    if isinstance(index, faiss.IndexHNSWFlat):
+        index.hnsw.efSearch = options["ef_search"]
+    elif isinstance(index, faiss.IndexIVFPQ) and options["nprobe"] is not None:
+        index.nprobe = options["nprobe"]
+
+
+def index_structure(index: faiss.Index) -> str:
+    """Which of INDEX_KINDS' FAISS types `index` is (an ivfpq map holds a flat one until trained)."""
+    return next(kind for kind, index_type in FAISS_INDEX_TYPES.items() if type(index) is index_type)
+
+
+def _largest_divisor_up_to(number: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if number % d == 0)

@@ -1,0 +1,151 @@
+"""Checks a serialised FAISS index against what map.json says before FAISS reads it.
+
+FAISS trusts the length fields inside an index file: an 8-byte edit of one makes `read_index`
+allocate gigabytes before it fails. So the file's structure is walked here first, for exactly the
+layouts this package writes (IndexFlatIP, IndexHNSWFlat and IndexIVFPQ, inner product, FAISS 1.x
+format), and every length is checked against the bytes that really follow and against map.json's
+dim and count; the walk must end at the last byte. Anything else is refused as corrupt.
+"""
+from __future__ import annotations
+
+import struct
+
+from vl2spike_ros.errors import InputError
+
+# FAISS's four-character codes of the structures a map holds.
+FLAT_IP = b"IxFI"
+HNSW_FLAT = b"IHNf"
+IVFPQ = b"IwPQ"
+STRUCTURE_CODES = {"flat": FLAT_IP, "hnsw": HNSW_FLAT, "ivfpq": IVFPQ}
+_METRIC_INNER_PRODUCT = 0
+
+
+class _Corrupt(Exception):
+    """The walk found something no index of ours holds."""
+
+
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.position + size > len(self.data):
+            raise _Corrupt(f"a field at byte {self.position} needs {size} bytes; "
+                           f"{len(self.data) - self.position} remain")
+        chunk = self.data[self.position:self.position + size]
+        self.position += size
+        return chunk
+
+    def unpack(self, layout: str) -> tuple:
+        return struct.unpack("<" + layout, self.take(struct.calcsize("<" + layout)))
+
+    def vector(self, item_size: int) -> tuple[int, bytes]:
+        """A FAISS vector: an 8-byte length, then length * item_size bytes (checked before use)."""
+        (length,) = self.unpack("Q")
+        remaining = len(self.data) - self.position
+        if length * item_size > remaining:
+            raise _Corrupt(f"a vector at byte {self.position - 8} claims {length} items of {item_size} "
+                           f"bytes but only {remaining} bytes remain")
+        return length, self.take(length * item_size)
+
+
+def _header(cursor: _Cursor, code: bytes, dim: int, count: int) -> None:
+    found = cursor.take(4)
+    if found != code:
+        raise _Corrupt(f"structure {found!r} where {code!r} was expected")
+    d, ntotal, _, _, is_trained, metric = cursor.unpack("iqqq?i")
+    if d != dim:
+        raise _Corrupt(f"dim {d} but map.json says {dim}")
+    if ntotal != count:
+        raise _Corrupt(f"{ntotal} vectors but map.json says {count}")
+    if not is_trained:
+        raise _Corrupt("an untrained index")
+    if metric != _METRIC_INNER_PRODUCT:
+        raise _Corrupt(f"metric type {metric}, not inner product")
+
+
+def _flat(cursor: _Cursor, dim: int, count: int) -> None:
+    _header(cursor, FLAT_IP, dim, count)
+    floats, _ = cursor.vector(4)  # the vectors, stored as `count * dim` floats
+    if floats != count * dim:
+        raise _Corrupt(f"{floats} stored floats, expected {count} x {dim}")
+
+
+def _hnsw(cursor: _Cursor, dim: int, count: int) -> None:
+    _header(cursor, HNSW_FLAT, dim, count)
+    cursor.vector(8)  # assign_probas (double)
+    cursor.vector(4)  # cum_nneighbor_per_level (int)
+    levels, _ = cursor.vector(4)
+    offsets_length, offsets = cursor.vector(8)
+    if levels != count or offsets_length != count + 1:
+        raise _Corrupt(f"graph of {levels} levels and {offsets_length} offsets for {count} vectors")
+    neighbors, _ = cursor.vector(4)
+    if neighbors != struct.unpack_from("<Q", offsets, 8 * count)[0]:
+        raise _Corrupt("graph neighbour list does not match its offsets")
+    cursor.unpack("iiiii")  # entry point, max level, efConstruction, efSearch, upper_beam
+    _flat(cursor, dim, count)
+
+
+def _ivfpq(cursor: _Cursor, dim: int, count: int) -> None:
+    _header(cursor, IVFPQ, dim, count)
+    nlist, _ = cursor.unpack("QQ")  # nlist, nprobe
+    if not 1 <= nlist <= max(count, 1) * 1024 + 65536:
+        raise _Corrupt(f"nlist {nlist}")
+    _flat(cursor, dim, nlist)  # the coarse quantiser: one centroid per list
+    (direct_map_type,) = cursor.unpack("b")
+    if direct_map_type != 0:
+        raise _Corrupt(f"direct map type {direct_map_type}; maps of vl2spike use none")
+    cursor.vector(8)
+    _, code_size = cursor.unpack("?Q")  # by_residual, code_size
+    pq_dim, sub_quantisers, bits = cursor.unpack("QQQ")
+    if pq_dim != dim or not 1 <= sub_quantisers <= dim or not 1 <= bits <= 16:
+        raise _Corrupt(f"product quantiser d={pq_dim} M={sub_quantisers} nbits={bits}")
+    if code_size != (sub_quantisers * bits + 7) // 8:
+        raise _Corrupt(f"code size {code_size} for M={sub_quantisers} nbits={bits}")
+    centroids, _ = cursor.vector(4)
+    if centroids != dim * 2**bits:
+        raise _Corrupt(f"{centroids} PQ centroid floats, expected {dim * 2**bits}")
+    _inverted_lists(cursor, nlist, code_size, count)
+
+
+def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> None:
+    if cursor.take(4) != b"ilar":
+        raise _Corrupt("inverted lists that are not in FAISS's array format")
+    lists, list_code_size = cursor.unpack("QQ")
+    if lists != nlist or list_code_size != code_size:
+        raise _Corrupt(f"{lists} inverted lists of code size {list_code_size}, expected {nlist} of {code_size}")
+    layout = cursor.take(4)
+    if layout == b"full":
+        length, raw = cursor.vector(8)
+        if length != nlist:
+            raise _Corrupt(f"{length} list sizes for {nlist} lists")
+        sizes = struct.unpack(f"<{length}Q", raw)
+    elif layout == b"sprs":
+        length, raw = cursor.vector(8)
+        pairs = struct.unpack(f"<{length}Q", raw)
+        if length % 2 or any(list_no >= nlist for list_no in pairs[0::2]):
+            raise _Corrupt("sparse list sizes that name lists which do not exist")
+        sizes = pairs[1::2]
+    else:
+        raise _Corrupt(f"inverted list layout {layout!r}")
+    if sum(sizes) != count:
+        raise _Corrupt(f"inverted lists hold {sum(sizes)} vectors but map.json says {count}")
+    for size in sizes:
+        cursor.take(size * code_size)  # codes
+        cursor.take(size * 8)  # ids
+
+
+_WALKERS = {"flat": _flat, "hnsw": _hnsw, "ivfpq": _ivfpq}
+
+
+def check_index_bytes(data: bytes, structure: str, dim: int, count: int, label: str) -> None:
+    """Refuse `data` unless it is exactly a serialised `structure` index of `count` x `dim` vectors."""
+    cursor = _Cursor(data)
+    try:
+        _WALKERS[structure](cursor, dim, count)
+        if cursor.position != len(data):
+            raise _Corrupt(f"{len(data) - cursor.position} bytes follow the index")
+    except (_Corrupt, struct.error) as error:
+        raise InputError(f"{label} is truncated or corrupt, or does not match map.json "
+                         f"(expected a {structure} index of {count} x {dim}): {error}") from None
