@@ -193,6 +193,8 @@ def test_parameter_updates_are_checked(raw, probe, assets):
     assert not out_of_range.successful and out_of_range.reason
     read_only = set_parameter("model_path", ParameterType.PARAMETER_STRING, string_value="/x")
     assert not read_only.successful and "read-only" in read_only.reason
+    undeclared = set_parameter("no_such_parameter", ParameterType.PARAMETER_INTEGER, integer_value=1)
+    assert not undeclared.successful and "no_such_parameter" in undeclared.reason, undeclared.reason
     accepted = set_parameter("top_k", ParameterType.PARAMETER_INTEGER, integer_value=3)
     assert accepted.successful, accepted.reason
     try:

@@ -118,10 +118,12 @@ def test_fuzzed_bag(inputs, tmp_path, capsys, name, how):
         path.unlink()
     else:
         path.write_bytes(corrupted(path.read_bytes(), how, rng))
-    # Without metadata.yaml the folder is no bag; it is then read (and refused) as an image folder.
-    expected = "no images in" if (name, how) == ("metadata.yaml", "missing") else "rosbag2"
-    refused(["build-map", "--images", bag, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
-            capsys, tmp_path, expected)
+    # Without metadata.yaml the folder is no bag, but the refusal says what it looks like.
+    expected = ("looks like a rosbag2 folder without metadata.yaml" if (name, how) == ("metadata.yaml", "missing")
+                else "rosbag2")
+    line = refused(["build-map", "--images", bag, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+                   capsys, tmp_path, expected)
+    assert str(bag) in line and "no images in" not in line, line
 
 
 @pytest.mark.parametrize("version", ["map", "map_v1"])

@@ -28,6 +28,7 @@ from typing import Any
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -104,6 +105,14 @@ class VprNode(LifecycleNode):
         return self._vpr_state
 
     # --- parameters ---------------------------------------------------------------------------
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        # The parameter services come here. rclpy's own refusal of an undeclared name lists them from
+        # an exhausted generator ("undeclared parameter(s): []"); this one names them.
+        undeclared = [parameter.name for parameter in parameter_list if not self.has_parameter(parameter.name)]
+        if undeclared:
+            raise ParameterNotDeclaredException(undeclared)
+        return super().set_parameters_atomically(parameter_list)
+
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         for parameter in parameters:
             reason = check_parameter(parameter.name, parameter.value)
