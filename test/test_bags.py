@@ -45,6 +45,22 @@ def test_folder_to_bag_to_sequence_is_exact(tmp_path: Path, folder, storage, com
     assert np.array_equal(bag.read(3), folder.read(3))
 
 
+def test_raw_messages_are_the_recorded_bytes(tmp_path: Path, folder):
+    bag = BagSequence(write_bag(folder, tmp_path / "bag", rate_hz=20.0))
+    raw = list(bag.raw_messages())
+    assert [timestamp - raw[0][0] for timestamp, _ in raw] == [index * 50_000_000 for index in range(len(folder))]
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    with Reader(tmp_path / "bag") as reader:
+        images = [c for c in reader.connections if c.topic == bag.topic]
+        assert [bytes(data) for _, _, data in reader.messages(images)] == [data for _, data in raw]
+    message = typestore.deserialize_cdr(raw[2][1], "sensor_msgs/msg/Image")
+    assert np.array_equal(message.data.reshape(message.height, message.width, 3), folder.read(2))
+    db3 = next((tmp_path / "bag").glob("*.db3"))
+    db3.write_bytes(db3.read_bytes()[:4096])  # broken after opening: still one InputError
+    with pytest.raises(InputError, match="cannot open or read"):
+        list(bag.raw_messages())
+
+
 def test_single_storage_file_opens_as_bag(tmp_path: Path, folder):
     write_bag(folder, tmp_path / "bag", storage="mcap")
     bag = open_sequence(tmp_path / "bag" / "bag.mcap")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import test_node_support as support  # loopback ROS environment before anything starts rclpy
+import node_fixtures as support  # loopback ROS environment before anything starts rclpy
 from vl2spike_ros.benchmark.run import TARGETS, check_targets, recommended_index
 
 KEYS = ("encode_ms_p50", "encode_ms_p95", "encode_fps_batch32", "vit_b32_encode_ms_p50",

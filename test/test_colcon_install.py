@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import test_node_support as support
+import node_fixtures as support
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "vl2spike_ros"

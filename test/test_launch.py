@@ -63,7 +63,7 @@ def _reference_map() -> Path:
 
     from vl2spike_ros.core.encoder import DescriptorEncoder
     from vl2spike_ros.evaluation.runner import build_map
-    from vl2spike_ros.sources.image_folders import open_sequence
+    from vl2spike_ros.sources.traverses import open_sequence
 
     work = Path(tempfile.mkdtemp(prefix="vl2spike_launch_test_"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The import direction the README's "Code layout" describes, read from the source (no imports run):
-no cycles between the package's modules, the node reaches the core only through the localizer, and
-the runtime never imports the training package."""
+no cycles between the package's modules, the node reaches the core only through the localizer, no
+module uses another's private names, and the runtime never imports the training package."""
 import ast
 from pathlib import Path
 
@@ -53,3 +53,12 @@ def test_node_reaches_the_core_only_through_the_localizer():
 def test_runtime_never_imports_training():
     for path in PACKAGE.rglob("*.py"):
         assert not any(name.split(".")[0] in ("training", "vl2spike_training") for name in imports_of(path)), path
+
+
+def test_no_module_imports_a_private_name_of_another():
+    # What one module needs from another is public and documented there (e.g. BagSequence.raw_messages).
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vl2spike_ros"):
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                assert not private, f"{path.relative_to(PACKAGE.parent)} imports {private} from {node.module}"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-import test_node_support  # noqa: F401 - loopback ROS environment before rclpy starts
+import node_fixtures  # noqa: F401 - loopback ROS environment before rclpy starts
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.demo.live import run_live_demo
 from vl2spike_ros.demo.route import write_demo_route

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import test_node_support as support  # sets the loopback ROS environment before rclpy starts
+import node_fixtures as support  # sets the loopback ROS environment before rclpy starts
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-import test_node_support as support  # loopback ROS environment before rclpy starts
+import node_fixtures as support  # loopback ROS environment before rclpy starts
 from vl2spike_ros.sources.bags import BagSequence
 from vl2spike_ros.sources.image_folders import ImageFolderSequence
 from vl2spike_ros.cli import main as replay_main

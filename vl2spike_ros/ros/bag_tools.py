@@ -80,18 +80,16 @@ class BagMessage:
 
 def bag_messages(bag: str | Path, topic: str | None = None) -> tuple[str, str, Iterator[BagMessage]]:
     """(topic, msgtype, iterator over the image messages) of a bag's image topic, in recording order."""
-    from vl2spike_ros.sources.bags import TYPESTORE, BagSequence, _open_reader
+    from vl2spike_ros.sources.bags import TYPESTORE, BagSequence
 
     sequence = BagSequence(bag, topic)  # validates the bag and chooses the image topic
-    connection_id, msgtype = sequence.connection.id, sequence.connection.msgtype
+    msgtype = sequence.connection.msgtype
 
     def iterate() -> Iterator[BagMessage]:
-        with _open_reader(Path(bag)) as reader:
-            connection = next(c for c in reader.connections if c.id == connection_id)
-            for index, (_, timestamp, rawdata) in enumerate(reader.messages([connection])):
-                header = TYPESTORE.deserialize_cdr(rawdata, msgtype).header
-                stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
-                yield BagMessage(index, timestamp, stamp, msgtype, bytes(rawdata))
+        for index, (timestamp, rawdata) in enumerate(sequence.raw_messages()):
+            header = TYPESTORE.deserialize_cdr(rawdata, msgtype).header
+            stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
+            yield BagMessage(index, timestamp, stamp, msgtype, rawdata)
 
     return sequence.topic, msgtype, iterate()
 

@@ -149,11 +149,17 @@ class BagSequence:
         raise InputError(f"rosbag2 {self.path}: image {index} of {self.topic} vanished while reading")
 
     def __iter__(self) -> Iterator[tuple[Frame, np.ndarray]]:
+        for frame, (_, rawdata) in zip(self._frames, self.raw_messages()):
+            yield frame, self._decode(rawdata)
+
+    def raw_messages(self) -> Iterator[tuple[int, bytes]]:
+        """(bag receive time in ns, serialised CDR bytes) of each image message of `topic`, in
+        recording order, undecoded (`vl2spike play` publishes them as recorded). A bag that breaks
+        while being read raises InputError naming it."""
         with _open_reader(self.path) as reader:
             connection = next(c for c in reader.connections if c.id == self.connection.id)
-            messages = reader.messages([connection])
-            for frame, (_, _, rawdata) in zip(self._frames, messages):
-                yield frame, self._decode(rawdata)
+            for _, timestamp, rawdata in reader.messages([connection]):
+                yield timestamp, bytes(rawdata)
 
 
 def _image_message(rgb: np.ndarray, header: Any, compression: str | None) -> Any:

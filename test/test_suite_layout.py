@@ -1,0 +1,34 @@
+"""The test folder as pytest sees it: every file it collects (test_*.py) holds tests, so shared
+helpers live in modules it does not collect (helpers.py, node_fixtures.py, training_fixtures.py)."""
+import ast
+import importlib
+from pathlib import Path
+
+TEST_FOLDER = Path(__file__).resolve().parent
+
+
+def defines_tests(path: Path) -> bool:
+    """A test function or Test class anywhere in the module (test_launch.py defines its own under a
+    condition: launch_testing present or not)."""
+    return any(isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith("test")
+               for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_every_collected_module_holds_tests():
+    helpers_named_as_tests = [path.name for path in sorted(TEST_FOLDER.glob("test_*.py")) if not defines_tests(path)]
+    assert not helpers_named_as_tests, f"modules pytest collects but that hold no test: {helpers_named_as_tests}"
+
+
+def test_the_launch_test_imports_no_sibling_module_and_names_that_exist():
+    # `launch_test test/test_launch.py` runs without PYTHONPATH=test; it runs only on a ROS 2 install,
+    # so what it imports from this package is checked here.
+    siblings = {path.stem for path in TEST_FOLDER.glob("*.py")}
+    tree = ast.parse((TEST_FOLDER / "test_launch.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & siblings, imported & siblings
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vl2spike_ros"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"test_launch.py: {node.module} has no {alias.name}"
