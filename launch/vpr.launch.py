@@ -3,27 +3,44 @@
 
 Arguments (`ros2 launch vl2spike_ros vpr.launch.py --show-args`): model_path, map_path, transport,
 autostart, top_k, sequence_length, match_threshold, use_sim_time, image_topic, namespace,
-params_file. The table lives in vl2spike_ros/ros/launch_arguments.py (checked by the tests without
-launch). If vpr_node exits with an error that launch did not cause (configure failed: no map, a map
-of another model), the launch fails too, so `ros2 launch` exits non-zero.
+params_file. The table and the rules live in vl2spike_ros/ros/launch_arguments.py (checked by the
+tests without launch): node parameters come from params_file, then from a file of only the arguments
+given on the command line, so a given value wins and one not given leaves params_file's in force.
+If vpr_node exits with an error that launch did not cause (configure failed: no map, a map of
+another model), the launch fails too, so `ros2 launch` exits non-zero.
 Only the standard launch / launch_ros API of Humble, Jazzy and Kilted.
 """
-from launch import LaunchDescription
+from launch import LaunchDescription, Substitution
 from launch.actions import DeclareLaunchArgument, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from vl2spike_ros.ros.launch_arguments import (EXECUTABLE, NODE_NAME, NODE_PARAMETER_ARGUMENTS, PACKAGE,
                                                PARAMS_FILE_DESCRIPTION, TOPIC_ARGUMENTS, exit_failure,
-                                               image_remappings)
+                                               given_parameters_file, image_remappings)
+
+
+class GivenParametersFile(Substitution):
+    """The path of a parameter file with the node-parameter arguments given on the command line,
+    written when the node starts (like nav2's RewrittenYaml; a dict of launch configurations cannot
+    leave out an argument that was not given). With none given: params_file again, which changes
+    nothing."""
+
+    def describe(self) -> str:
+        return f"GivenParametersFile({', '.join(argument.name for argument in NODE_PARAMETER_ARGUMENTS)})"
+
+    def perform(self, context) -> str:
+        values = {argument.name: LaunchConfiguration(argument.name).perform(context)
+                  for argument in NODE_PARAMETER_ARGUMENTS}
+        path = given_parameters_file(values)
+        return str(path) if path is not None else LaunchConfiguration("params_file").perform(context)
 
 
 def _declare(argument):
-    return DeclareLaunchArgument(argument.name, default_value=argument.default,
-                                 description=argument.description, choices=list(argument.choices) or None)
+    return DeclareLaunchArgument(argument.name, default_value=argument.launch_default,
+                                 description=argument.launch_description)
 
 
 def _fail_on_error_exit(event, context):
@@ -40,12 +57,8 @@ def generate_launch_description():
         executable=EXECUTABLE,
         name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),  # required by Humble's LifecycleNode
-        parameters=[
-            LaunchConfiguration("params_file"),
-            # Typed, so that "5" stays an integer parameter and "0.0" a double.
-            {argument.name: ParameterValue(LaunchConfiguration(argument.name), value_type=argument.value_type)
-             for argument in NODE_PARAMETER_ARGUMENTS},
-        ],
+        # Later files override earlier ones.
+        parameters=[LaunchConfiguration("params_file"), GivenParametersFile()],
         remappings=image_remappings(LaunchConfiguration("image_topic")),
         output="screen",
         emulate_tty=True,

@@ -1,10 +1,12 @@
-"""launch/vpr.launch.py without starting a node where launch is absent: its argument table against
-the node's parameters and config/vpr.yaml, the transport remapping, the exit decision and a static
-check of the file. Where `ros2 launch` and the colcon-built package are present it also checks the
-declared arguments (`--show-args`), that the node is visible to `--print`, and that a missing map
-makes `ros2 launch` exit non-zero."""
+"""launch/vpr.launch.py where launch is absent: its argument table against the node's parameters and
+config/vpr.yaml, which arguments count as given and the parameter file they make (read by a real
+vpr_node after a params file, as the launch file passes them), the transport remapping, the exit
+decision and a static check of the file. Where `ros2 launch` and the colcon-built package are present
+it also checks the declared arguments (`--show-args`), that the node is visible to `--print`, that a
+missing map makes `ros2 launch` exit non-zero and that a params file's map_path stays in force."""
 import ast
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vl2spike_ros.ros.launch_arguments import (EXECUTABLE, NODE_NAME, NODE_PARAMETER_ARGUMENTS, PACKAGE,
-                                               TOPIC_ARGUMENTS, exit_failure, image_remappings)
+import node_fixtures as support  # loopback ROS environment before rclpy starts
+from vl2spike_ros.ros.launch_arguments import (EXECUTABLE, NODE_NAME, NODE_PARAMETER_ARGUMENTS, NOT_GIVEN, PACKAGE,
+                                               TOPIC_ARGUMENTS, exit_failure, given_parameters,
+                                               given_parameters_file, image_remappings)
 from vl2spike_ros.ros.parameters import PARAMETER_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +39,9 @@ def test_node_parameter_arguments_match_the_node_and_the_parameter_file():
         assert argument.value_type is type(spec.default), argument.name
         assert argument.default == _launch_string(spec.default), argument.name
         assert argument.default == _launch_string(shipped[argument.name]), argument.name
-        if spec.choices:
-            assert set(argument.choices) == set(spec.choices), argument.name
+    # Launch declares node parameters as not given, so that they leave params_file's values alone.
+    assert all(argument.launch_default == NOT_GIVEN for argument in NODE_PARAMETER_ARGUMENTS)
+    assert all(argument.launch_default == argument.default for argument in TOPIC_ARGUMENTS)
     # The issue's list: these must be settable from the launch command line.
     assert {"autostart", "top_k", "sequence_length", "match_threshold", "model_path", "map_path",
             "transport", "image_topic", "namespace", "params_file"} <= DECLARED
@@ -47,6 +52,54 @@ def test_float_arguments_keep_a_decimal_point():
     for argument in NODE_PARAMETER_ARGUMENTS:
         if argument.value_type is float:
             assert "." in argument.default, argument.name
+
+
+def test_only_arguments_given_on_the_command_line_are_passed_typed():
+    assert given_parameters({argument.name: argument.launch_default for argument in NODE_PARAMETER_ARGUMENTS}) == {}
+    assert given_parameters_file({"map_path": NOT_GIVEN, "top_k": NOT_GIVEN}) is None
+    given = given_parameters({"top_k": "3", "map_path": NOT_GIVEN, "match_threshold": "1", "autostart": "false",
+                              "model_path": "2024", "transport": "compressed", "use_sim_time": "true"})
+    assert given == {"top_k": 3, "match_threshold": 1.0, "autostart": False, "model_path": "2024",
+                     "transport": "compressed", "use_sim_time": True}
+    assert type(given["match_threshold"]) is float  # ROS parameters are typed: 1 would be refused
+    path = given_parameters_file({"top_k": "3", "match_threshold": "0.25"})
+    assert yaml.safe_load(path.read_text()) == {"/**": {"ros__parameters": {"top_k": 3, "match_threshold": 0.25}}}
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("top_k", "abc", "must be a int"), ("top_k", "0", "must be in [1, 100]"), ("top_k", "true", "must be a int"),
+    ("transport", "udp", "must be one of raw, compressed"), ("autostart", "maybe", "must be a bool"),
+    ("match_threshold", "[", "must be a float"), ("use_sim_time", "3", "must be a bool"),
+])
+def test_bad_argument_values_are_refused_before_the_node_starts(name, text, expected):
+    with pytest.raises(ValueError, match=re.escape(f"launch argument {name}:={text}: ") + ".*" + re.escape(expected)):
+        given_parameters({name: text})
+
+
+def test_node_reads_the_params_file_then_the_given_arguments(tmp_path):
+    """What the launch file passes (params_file, then the given-arguments file) read by a real
+    vpr_node: the given top_k wins, everything not given keeps the params file's value."""
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    from rcl_interfaces.srv import GetParameters
+
+    params_file = tmp_path / "my_vpr.yaml"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "autostart": False, "map_path": str(tmp_path / "my_map"), "top_k": 7, "match_threshold": 0.3,
+        "sequence_length": 3}}}))
+    launch_values = {argument.name: argument.launch_default for argument in NODE_PARAMETER_ARGUMENTS}
+    given_file = given_parameters_file({**launch_values, "top_k": "2"})
+    namespace = f"/vpr_launch_layers_{os.getpid()}"
+    node = support.NodeProcess(tmp_path / "node.log", {}, namespace,
+                               ["--params-file", str(params_file), "--params-file", str(given_file)])
+    probe = support.Probe("launch_layers_probe")
+    try:
+        request = GetParameters.Request(names=["top_k", "map_path", "match_threshold", "sequence_length", "transport"])
+        values = probe.call(GetParameters, f"{namespace}/{NODE_NAME}/get_parameters", request, timeout_s=90.0).values
+    finally:
+        probe.close()
+        node.stop()
+    assert [values[0].integer_value, values[1].string_value, values[2].double_value, values[3].integer_value,
+            values[4].string_value] == [2, str(tmp_path / "my_map"), 0.3, 3, "raw"], node.log()
 
 
 def test_transport_remapping_follows_image_transport_names():
@@ -80,8 +133,16 @@ def test_launch_file_declares_a_visible_lifecycle_node_from_the_table():
     called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     # A LifecycleNode in the description itself (not built inside an OpaqueFunction) is what
     # `ros2 launch --print` and lifecycle tooling see; the exit handler makes a failed start fail the launch.
-    assert {"LifecycleNode", "RegisterEventHandler", "OnProcessExit", "ParameterValue"} <= called
+    assert {"LifecycleNode", "RegisterEventHandler", "OnProcessExit"} <= called
     assert "OpaqueFunction" not in LAUNCH_FILE.read_text()
+    # Its parameters: params_file first, then the file of the arguments given (later files win).
+    node_call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Name) and node.func.id == "LifecycleNode")
+    parameters = next(keyword.value for keyword in node_call.keywords if keyword.arg == "parameters")
+    assert [ast.unparse(element) for element in parameters.elts] == [
+        "LaunchConfiguration('params_file')", "GivenParametersFile()"]
+    # Node-parameter arguments are declared with the table's launch default (NOT_GIVEN).
+    assert "default_value=argument.launch_default" in LAUNCH_FILE.read_text()
 
 
 def _installed_launch() -> list[str]:
@@ -119,6 +180,18 @@ def test_ros2_launch_shows_the_arguments_and_the_node():
     # launch prints the node as its process (ExecInPkg ... vpr_node) with the exit handler; behind an
     # OpaqueFunction it would print an opaque Action(...) instead.
     assert EXECUTABLE in printed.stdout and "OnProcessExit" in printed.stdout, printed.stdout
+
+
+def test_ros2_launch_keeps_the_params_file_map_path(tmp_path):
+    # A map_path set only in the user's params file must reach the node (no launch default over it).
+    command = _installed_launch()
+    missing = tmp_path / "map_from_params_file"
+    params_file = tmp_path / "my_vpr.yaml"
+    params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"map_path": str(missing), "top_k": 3}}}))
+    result = subprocess.run([*command, f"params_file:={params_file}", f"namespace:=/vpr_launch_file_{os.getpid()}"],
+                            capture_output=True, text=True, timeout=180, env={**_loopback_env(), "ROS_HOME": str(tmp_path)})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and str(missing) in output, output
 
 
 def test_ros2_launch_exits_non_zero_when_configure_fails(tmp_path):

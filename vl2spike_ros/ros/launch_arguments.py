@@ -1,36 +1,64 @@
 """What `launch/vpr.launch.py` declares and hands to vpr_node, kept free of `launch` imports so the
 tests check these decisions on installs without launch (pip) as well as on a ROS 2 install.
 
-The launch file turns this table into `DeclareLaunchArgument`s and typed node parameters; launch
-arguments are applied after `params_file`, so a value given on the command line wins.
+Node parameters come from two parameter files, applied in this order: `params_file` (the user's
+settings, default the installed config/vpr.yaml), then a file holding only the node-parameter
+arguments given on the command line (`given_parameters_file`). So a value on the command line wins,
+and an argument not given leaves the params file's value in force: each such argument is declared
+with the empty default NOT_GIVEN rather than the node's default, which would override the file.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from vl2spike_ros.core.atomic_files import atomic_write_bytes
+from vl2spike_ros.ros.parameters import check_parameter
 
 PACKAGE = "vl2spike_ros"
 EXECUTABLE = "vpr_node"
 NODE_NAME = "vpr_node"
 
 
+NOT_GIVEN = ""
+
+
 @dataclass(frozen=True)
 class LaunchArgument:
-    """A launch argument; `value_type` is the node parameter's type it sets (None: launch-only)."""
+    """A launch argument; `value_type` is the node parameter's type it sets (None: launch-only).
+    `default` is what applies when nothing sets it: for a node parameter the node's default (the
+    launch itself declares NOT_GIVEN, see `launch_default`)."""
 
     name: str
     default: str
     description: str
     value_type: type | None = None
-    choices: tuple[str, ...] = ()
+
+    @property
+    def launch_default(self) -> str:
+        return self.default if self.value_type is None else NOT_GIVEN
+
+    @property
+    def launch_description(self) -> str:
+        """The description `--show-args` shows, saying what an argument not given means."""
+        if self.value_type is None:
+            return self.description
+        return f"{self.description} [not given: the params_file value, else {self.default or repr(self.default)}]"
 
 
-# Defaults equal the node's and config/vpr.yaml's (test/test_launch_file.py checks both).
+# `default` equals the node's and config/vpr.yaml's (test/test_launch_file.py checks both).
 NODE_PARAMETER_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("model_path", "", "student checkpoint (.safetensors); empty: the shipped model", str),
     LaunchArgument("map_path", "", "place map directory (vl2spike build-map)", str),
     LaunchArgument("transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: "
-                   "sensor_msgs/CompressedImage on <image_topic>/compressed", str, ("raw", "compressed")),
+                   "sensor_msgs/CompressedImage on <image_topic>/compressed", str),
     LaunchArgument("autostart", "true", "configure and activate at start; false: wait for "
                    "`ros2 lifecycle set` or a lifecycle manager", bool),
     LaunchArgument("top_k", "5", "places reported per frame (1-100)", int),
@@ -43,8 +71,53 @@ TOPIC_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("image_topic", "/camera/image_raw", "camera topic (a relative name resolves in namespace)"),
     LaunchArgument("namespace", "", "namespace of the node"),
 )
-PARAMS_FILE_DESCRIPTION = ("parameter file (default: the installed config/vpr.yaml); the launch "
-                           "arguments above override its values")
+PARAMS_FILE_DESCRIPTION = ("parameter file (default: the installed config/vpr.yaml); the node-parameter "
+                           "arguments above that are given on the command line override its values")
+
+
+def given_parameters(values: Mapping[str, str]) -> dict[str, Any]:
+    """The node parameters given on the launch command line (`values`: launch configuration text by
+    argument name), typed as the node declares them; arguments left at NOT_GIVEN are left out.
+    A value of the wrong type or out of range raises ValueError naming the argument, before the
+    node starts."""
+    given = {}
+    for argument in NODE_PARAMETER_ARGUMENTS:
+        text = values.get(argument.name, NOT_GIVEN)
+        if text == NOT_GIVEN:
+            continue
+        # Text as launch_ros reads a parameter value (YAML), except that a string parameter keeps
+        # the text as written (a map_path "2024" or "true" stays a path).
+        value = text if argument.value_type is str else _yaml_value(text)
+        if argument.value_type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        reason = check_parameter(argument.name, value)
+        if reason is None and not isinstance(value, argument.value_type):
+            reason = f"{argument.name} must be a {argument.value_type.__name__}, got {value!r}"
+        if reason is not None:
+            raise ValueError(f"launch argument {argument.name}:={text}: {reason}")
+        given[argument.name] = value
+    return given
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML: refused as text of the wrong type
+
+
+def given_parameters_file(values: Mapping[str, str]) -> Path | None:
+    """A parameter file (for any node name) holding `given_parameters(values)`, or None when no
+    argument was given. It lives in a temporary folder removed when the launch process exits (the
+    node reads it at start-up)."""
+    given = given_parameters(values)
+    if not given:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="vl2spike_launch_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "given_parameters.yaml"
+    atomic_write_bytes(path, yaml.safe_dump({"/**": {"ros__parameters": given}}).encode("utf-8"))
+    return path
 
 
 def image_remappings(image_topic: Any) -> list[tuple[str, Any]]:
