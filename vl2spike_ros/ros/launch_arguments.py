@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 
 from vl2spike_ros.core.atomic_files import atomic_write_bytes
-from vl2spike_ros.ros.parameters import check_parameter
 
 PACKAGE = "vl2spike_ros"
 EXECUTABLE = "vpr_node"
@@ -28,6 +27,7 @@ NODE_NAME = "vpr_node"
 
 
 NOT_GIVEN = ""
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number"}
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ PARAMS_FILE_DESCRIPTION = ("parameter file (default: the installed config/vpr.ya
 def given_parameters(values: Mapping[str, str]) -> dict[str, Any]:
     """The node parameters given on the launch command line (`values`: launch configuration text by
     argument name), typed as the node declares them; arguments left at NOT_GIVEN are left out.
-    A value of the wrong type or out of range raises ValueError naming the argument, before the
-    node starts."""
+    A value of the wrong type raises ValueError naming the argument, before the node starts; ranges
+    and choices are the node's to check (it exits 2 naming the parameter, and the launch fails).
+    The node's parameter table is not imported here: it would load torch into the launch process."""
     given = {}
     for argument in NODE_PARAMETER_ARGUMENTS:
         text = values.get(argument.name, NOT_GIVEN)
@@ -90,11 +91,9 @@ def given_parameters(values: Mapping[str, str]) -> dict[str, Any]:
         value = text if argument.value_type is str else _yaml_value(text)
         if argument.value_type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        reason = check_parameter(argument.name, value)
-        if reason is None and not isinstance(value, argument.value_type):
-            reason = f"{argument.name} must be a {argument.value_type.__name__}, got {value!r}"
-        if reason is not None:
-            raise ValueError(f"launch argument {argument.name}:={text}: {reason}")
+        if not isinstance(value, argument.value_type) or (argument.value_type is int and isinstance(value, bool)):
+            raise ValueError(f"launch argument {argument.name}:={text}: expected "
+                             f"{_TYPE_WORDS[argument.value_type]}, got {value!r}")
         given[argument.name] = value
     return given
 
