@@ -135,10 +135,13 @@ def test_restart_forgets_history_and_numbers_queries_from_zero(encoder):
 
 
 def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
-    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq")
+    """A broken descriptor (NaN, e.g. from a diverged model) is refused by the map: a map error."""
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "flat")
     localizer = Localizer(encoder, place_map, mode="map")
+    descriptor = unit_rows(1, encoder.dim)[0]
+    descriptor[0] = np.nan
     with pytest.raises(MapUpdateError, match="refused a keyframe"):
-        localizer.match_descriptor(unit_rows(1, encoder.dim)[0], "frame")
+        localizer.match_descriptor(descriptor, "frame")
     assert len(place_map) == 0
 
 
