@@ -80,12 +80,18 @@ class Localizer:
                    device: str = "cpu", index_kind: str = "flat", num_threads: int = 0,
                    backend: str = "torch", **options) -> "Localizer":
         """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty);
-        `num_threads` > 0 sets torch's CPU threads; `backend` is the encoder's (torch | onnxruntime)."""
+        `num_threads` > 0 sets the CPU threads of torch, onnxruntime and FAISS; `backend` is the
+        encoder's (torch | onnxruntime)."""
         if num_threads > 0:
+            import faiss
             import torch
 
             torch.set_num_threads(num_threads)
-        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend)
+            # FAISS's OpenMP team otherwise takes every core and spin-waits: with one query per frame on a
+            # busy 2-core machine that made a 27k flat search 5-9x slower (benchmark README, node latency).
+            faiss.omp_set_num_threads(num_threads)
+        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend,
+                                    threads=num_threads if num_threads > 0 else None)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,
                                       expected_dim=encoder.dim)
