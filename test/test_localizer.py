@@ -135,10 +135,11 @@ def test_restart_forgets_history_and_numbers_queries_from_zero(encoder):
 
 
 def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
+    # (An empty ivfpq map takes keyframes now; a descriptor that is not unit length is still refused.)
     place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq")
     localizer = Localizer(encoder, place_map, mode="map")
     with pytest.raises(MapUpdateError, match="refused a keyframe"):
-        localizer.match_descriptor(unit_rows(1, encoder.dim)[0], "frame")
+        localizer.match_descriptor(2.0 * unit_rows(1, encoder.dim)[0], "frame")
     assert len(place_map) == 0
 
 
