@@ -35,8 +35,9 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
     assert results["quick"] is True and results["sizes"]["map_sizes"] == [1000, 1200, 1500]
     assert results["evaluate_places"] == 60 and results["node_places"] == 300
     assert results["node_frames"] == 45 and results["soak_frames"] == 390
-    assert [(row["places"], row["index"]) for row in results["map_search"]][-3:] == [
-        (1200, "ivfpq"), (1500, "flat"), (1500, "ivfpq")]
+    at_1500 = [(row["index"], row["options"].get("nprobe")) for row in results["map_search"] if row["places"] == 1500]
+    assert at_1500 == [("flat", None), ("ivfpq", 16), ("ivfpq", 32), ("ivfpq", 38)]  # nprobe swept up to nlist
+    assert results["map_1m_search_options"] in ("", "nprobe=16 rerank=32", "nprobe=32 rerank=32", "nprobe=38 rerank=32")
     assert results["map_not_built"] == [{"places": 1500, "index": "hnsw",
                                          "reason": "above --hnsw-max-places (build time)"}]
     assert set(results["targets"]) == set(TARGETS)

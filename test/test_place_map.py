@@ -128,6 +128,50 @@ def test_ivfpq_started_empty_takes_one_keyframe_at_a_time_and_trains_when_it_can
     assert PlaceMap.load(tmp_path / "trained").index_structure == "ivfpq"
 
 
+def test_ivfpq_nprobe_changes_without_rebuilding_and_probing_more_lists_agrees_more(tmp_path):
+    """Revisits (places perturbed to cosine ~0.8) miss their place when its IVF list is not probed."""
+    places = unit_vectors(3000, 32, seed=3)
+    rng = np.random.default_rng(4)
+    queries = places[:200] + rng.normal(scale=0.08, size=(200, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact_top1 = np.argmax(queries @ places.T, axis=1)
+    place_map = PlaceMap(32, FINGERPRINT, "ivfpq", nlist=64)
+    place_map.add(places)
+
+    def agreement(nprobe: int) -> float:
+        place_map.set_search_options(nprobe=nprobe)
+        return float(np.mean(place_map.search(queries, 5)[1][:, 0] == exact_top1))
+
+    one_list, every_list = agreement(1), agreement(64)
+    assert one_list < 0.9 and every_list == 1.0  # every list probed, re-ranked exactly: exact search
+    scores, ids = place_map.search(queries, 5)
+    assert np.allclose(scores, np.take_along_axis(queries @ places.T, ids, axis=1), atol=1e-5)
+    place_map.set_search_options(rerank=1)  # a shortlist of one: the product-quantised ranking alone
+    assert np.mean(place_map.search(queries, 1)[1][:, 0] == exact_top1) < 1.0
+    place_map.set_search_options(rerank=32)
+    place_map.set_search_options(nprobe=1000)  # more lists than there are: all of them
+    assert place_map.index_options["nprobe"] == 64
+    place_map.set_search_options(nprobe=8)
+    place_map.save(tmp_path / "map")
+    loaded = PlaceMap.load(tmp_path / "map")
+    assert loaded.index_options["nprobe"] == 8
+    assert np.array_equal(loaded.search(queries, 5)[1], place_map.search(queries, 5)[1])
+
+
+def test_search_options_are_validated_and_a_refusal_changes_nothing():
+    place_map = built_map("hnsw")
+    place_map.set_search_options(ef_search=128)
+    assert place_map.index_options["ef_search"] == 128
+    for bad, message in [({"nprobe": 4}, "no search-time options ['nprobe']"), ({"M": 8}, "no search-time"),
+                         ({"ef_search": 0}, "ef_search must be a positive integer"),
+                         ({"ef_search": None}, "need values")]:
+        with pytest.raises(InputError, match=message.replace("[", r"\[")):
+            place_map.set_search_options(**bad)
+    assert place_map.index_options["ef_search"] == 128
+    with pytest.raises(InputError, match="flat has no search-time options"):
+        built_map("flat").set_search_options(nprobe=4)
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 def test_similarities_are_exact_for_every_index_kind(kind):
     place_map = built_map(kind)

@@ -34,13 +34,29 @@ def batch_fps(function: Callable[[], object], batch: int, repeats: int) -> float
     return batch * repeats / (time.perf_counter() - started)
 
 
-def student_speed(encoder: DescriptorEncoder, frames: list[np.ndarray], repeats: int,
-                  batch_repeats: int) -> dict:
-    """Batch 1: one uint8 frame at the input size in, one descriptor out; and frames/s at batch 32."""
-    single = sample_ms(lambda: encoder.encode_one(frames[0]), repeats, warmup=5)
+def interleaved_ms(calls: dict[str, Callable[[], object]], per_round: dict[str, int], rounds: int,
+                   warmup: int = 3) -> dict[str, list[list[float]]]:
+    """Wall times in ms, in rounds: each round times every call `per_round[name]` times, one after
+    the other, so on a shared machine both sides of a ratio see the same load (a ratio of two
+    separately timed phases moved from 19 to 30 between runs here)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    timed: dict[str, list[list[float]]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            timed[name].append(sample_ms(call, per_round[name], warmup=0))
+    return timed
+
+
+def median_round_ratio(slow: list[list[float]], fast: list[list[float]]) -> float:
+    """The median over rounds of slow's median / fast's median in the same round."""
+    return float(np.median([np.median(a) / np.median(b) for a, b in zip(slow, fast)]))
+
+
+def student_batch32_fps(encoder: DescriptorEncoder, frames: list[np.ndarray], batch_repeats: int) -> float:
     batch = [frames[i % len(frames)] for i in range(32)]
-    return {"batch1_ms": percentile_summary(single),
-            "fps_batch32": round(batch_fps(lambda: encoder.encode(batch), 32, batch_repeats), 1)}
+    return round(batch_fps(lambda: encoder.encode(batch), 32, batch_repeats), 1)
 
 
 def vit_b32(device: torch.device):
@@ -64,7 +80,8 @@ def vit_macs(model, config, device: torch.device) -> float:
     return layer_macs + config.num_hidden_layers * 2 * tokens * tokens * config.hidden_size
 
 
-def vit_speed(device: torch.device, repeats: int, batch_repeats: int) -> tuple[dict, float]:
+def vit_runners(device: torch.device) -> tuple[Callable[[], object], Callable[[], float], float]:
+    """The ViT-B/32 at batch 1 (a call to time), its batch-32 frames/s (given repeats), and its MACs per frame."""
     model, config = vit_b32(device)
     one = torch.rand(1, 3, VIT_IMAGE_SIZE, VIT_IMAGE_SIZE, device=device)
     thirty_two = torch.rand(32, 3, VIT_IMAGE_SIZE, VIT_IMAGE_SIZE, device=device)
@@ -78,9 +95,10 @@ def vit_speed(device: torch.device, repeats: int, batch_repeats: int) -> tuple[d
             return out
         return call
 
-    result = {"batch1_ms": percentile_summary(sample_ms(run(one), repeats, warmup=2)),
-              "fps_batch32": round(batch_fps(run(thirty_two), 32, batch_repeats), 2)}
-    return result, vit_macs(model, config, device)
+    def fps_batch32(batch_repeats: int) -> float:
+        return round(batch_fps(run(thirty_two), 32, batch_repeats), 2)
+
+    return run(one), fps_batch32, vit_macs(model, config, device)
 
 
 def student_energy(encoder: DescriptorEncoder, frames: list[np.ndarray]) -> dict:

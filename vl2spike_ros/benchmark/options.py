@@ -11,6 +11,7 @@ QUICK = {"map_sizes": "5000,10000,20000", "hnsw_max_places": 20_000, "node_place
          "node_frames": 300, "eval_places": 3000, "repeats": 60, "vit_repeats": 5, "batch_repeats": 1}
 DEFAULT_SOAK_FRAMES = 100_000
 NORDLAND_PLACES = 27592
+PARTS = ("encode", "map", "node", "evaluate")
 
 
 def _map_sizes(text: str) -> list[int]:
@@ -22,6 +23,13 @@ def _map_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected three comma-separated place counts >= 1000 "
                                          f"(the 10k, 100k and 1M rows), got {text!r}")
     return sizes
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(part.strip() for part in text.split(","))
+    if not parts or any(part not in PARTS for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated parts from {','.join(PARTS)}, got {text!r}")
+    return tuple(part for part in PARTS if part in parts)
 
 
 def add_benchmark_command(commands, handler) -> None:
@@ -44,6 +52,9 @@ def add_benchmark_command(commands, handler) -> None:
                        help="student backends to time; the encode keys report the fastest (default both)")
     bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
     bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
+    bench.add_argument("--parts", type=_parts, default=PARTS, metavar="LIST",
+                       help=f"run only these parts, comma-separated (default all: {','.join(PARTS)}); "
+                            "keys of the others are reported as not run")
     bench.add_argument("--soak", type=frames, nargs="?", const=DEFAULT_SOAK_FRAMES, default=None,
                        metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
                                               f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from vl2spike_ros.core.encoder import DescriptorEncoder
@@ -51,12 +52,13 @@ class Localizer:
     """Holds encoder, map and sequence matcher.
 
     In ``map`` mode a frame becomes a new place (keyframe) when its best single-frame similarity
-    is below ``novelty_threshold`` or the map is empty.
+    is below ``novelty_threshold`` or the map is empty. ``search_threads`` > 0 sets FAISS's OpenMP
+    threads in whichever thread matches (0: FAISS's default, every core).
     """
 
     def __init__(self, encoder: DescriptorEncoder, place_map: PlaceMap, top_k: int = 5,
                  sequence_length: int = 1, match_threshold: float = 0.0,
-                 novelty_threshold: float = 0.9, mode: str = "localize") -> None:
+                 novelty_threshold: float = 0.9, mode: str = "localize", search_threads: int = 0) -> None:
         if place_map.fingerprint != encoder.fingerprint or place_map.dim != encoder.dim:
             raise InputError(
                 f"map was built with model {place_map.fingerprint[:12]} (dim {place_map.dim}) but the "
@@ -71,6 +73,7 @@ class Localizer:
         self.match_threshold = match_threshold
         self.novelty_threshold = novelty_threshold
         self.sequence = SequenceMatcher(sequence_length)
+        self.search_threads = search_threads
         self.query_count = 0
         self.mode = "localize"
         self.set_mode(mode)
@@ -80,12 +83,14 @@ class Localizer:
                    device: str = "cpu", index_kind: str = "flat", num_threads: int = 0,
                    backend: str = "torch", **options) -> "Localizer":
         """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty);
-        `num_threads` > 0 sets torch's CPU threads; `backend` is the encoder's (torch | onnxruntime)."""
+        `num_threads` > 0 sets the CPU threads of torch, onnxruntime and FAISS; `backend` is the
+        encoder's (torch | onnxruntime)."""
         if num_threads > 0:
             import torch
 
             torch.set_num_threads(num_threads)
-        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend)
+        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend,
+                                    threads=num_threads if num_threads > 0 else None)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,
                                       expected_dim=encoder.dim)
@@ -94,7 +99,7 @@ class Localizer:
         else:
             raise InputError(f"map {map_path!r}: no such map directory; build one with "
                              "`vl2spike build-map` or start in mode 'map'")
-        return cls(encoder, place_map, **options)
+        return cls(encoder, place_map, search_threads=num_threads, **options)
 
     @property
     def sequence_length(self) -> int:
@@ -138,6 +143,11 @@ class Localizer:
         best_single = -np.inf
         if len(self.place_map):
             k = min(self.top_k, len(self.place_map))
+            if self.search_threads > 0:
+                # OpenMP thread counts belong to the calling thread, and the node searches from its worker
+                # thread: there FAISS took every core and spin-waited, which made a 27k flat search 10-15x
+                # slower on a busy 2-core machine (benchmark README, node latency).
+                faiss.omp_set_num_threads(self.search_threads)
             if self.sequence.length == 1:
                 # Single frames go through the index itself, so HNSW / IVF-PQ maps stay sublinear.
                 top_scores, top_ids = self.place_map.search(descriptor[None, :], k)

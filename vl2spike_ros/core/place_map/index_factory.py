@@ -21,12 +21,15 @@ INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 INDEX_OPTION_DEFAULTS: dict[str, dict[str, int | None]] = {
     "flat": {},
     "hnsw": {"M": 32, "ef_construction": 64, "ef_search": 64},
-    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": None},
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": None, "rerank": 32},
 }
 # Upper bounds that keep a typo (or a hostile map.json) from sizing gigabytes of index structure.
 MAX_DIM = 65536
 INDEX_OPTION_LIMITS = {"M": 512, "ef_construction": 65536, "ef_search": 65536,
-                       "nlist": 1 << 20, "m": MAX_DIM, "nbits": 16, "nprobe": 1 << 20}
+                       "nlist": 1 << 20, "m": MAX_DIM, "nbits": 16, "nprobe": 1 << 20,
+                       "rerank": 4096}
+# Options that only steer search, so a built map can change them without rebuilding its index.
+SEARCH_OPTIONS = {"flat": (), "hnsw": ("ef_search",), "ivfpq": ("nprobe", "rerank")}
 FAISS_INDEX_TYPES = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}
 # k-means wants ~39 points per IVF list before it stops warning; we size nlist to respect that.
 IVF_POINTS_PER_LIST = 39
@@ -91,7 +94,7 @@ def apply_search_options(index: faiss.Index, options: dict[str, int | None]) -> 
     if isinstance(index, faiss.IndexHNSWFlat):
         index.hnsw.efSearch = options["ef_search"]
     elif isinstance(index, faiss.IndexIVFPQ) and options["nprobe"] is not None:
-        index.nprobe = options["nprobe"]
+        index.nprobe = min(options["nprobe"], index.nlist)
 
 
 def index_structure(index: faiss.Index) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.place_map.index_factory import (
-    apply_search_options, checked_index_options, index_structure, ivfpq_minimum_training_count, new_index,
+    SEARCH_OPTIONS, apply_search_options, checked_index_options, index_structure, ivfpq_minimum_training_count, new_index,
     trained_ivfpq_index)
 from vl2spike_ros.core.place_map.index_file import check_index_bytes
 from vl2spike_ros.core.place_map.place import Place, is_int, short_repr
@@ -44,7 +44,8 @@ class PlaceMap:
       flat   exact search (IndexFlatIP).
       hnsw   graph search (IndexHNSWFlat); options M, ef_construction, ef_search.
       ivfpq  inverted lists with product quantisation (IndexIVFPQ); options nlist, m (sub-quantisers,
-             must divide dim), nbits (bits per code, default 8), nprobe. Until the map holds
+             must divide dim), nbits (bits per code, default 8), nprobe, rerank (the shortlist that
+             search re-ranks with the exact descriptors, default 32, so scores are exact). Until the map holds
              `ivfpq_minimum_training_count(nbits, nlist)` descriptors (256 with nbits=8) its places
              sit in an exact flat index (so a map started empty takes one keyframe at a time);
              the add that reaches that count trains IVF-PQ on all of them, once. Left unset,
@@ -151,16 +152,52 @@ class PlaceMap:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if k > self._count:
             raise InputError(f"k={k} but the map holds {self._count} places")
-        scores, ids = self._index.search(vectors, int(k))
+        if self.index_structure == "ivfpq":
+            scores, ids = self._reranked_search(vectors, int(k))
+        else:
+            scores, ids = self._index.search(vectors, int(k))
         scores = scores.astype(np.float32, copy=False)
         ids = ids.astype(np.int64, copy=False)
         scores[ids < 0] = -np.inf
+        return scores, ids
+
+    def _reranked_search(self, vectors: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-PQ's best `rerank` places (at least k), re-ranked by their exact descriptors: top-k order and
+        scores are exact among the places IVF-PQ found (product quantisation only approximates them)."""
+        shortlist = min(max(k, self._index_options["rerank"]), self._count)
+        scores = np.empty((len(vectors), k), dtype=np.float32)
+        ids = np.empty((len(vectors), k), dtype=np.int64)
+        for start in range(0, len(vectors), chunk):  # bounds the [chunk, shortlist, dim] gather
+            block = vectors[start:start + chunk]
+            _, candidates = self._index.search(block, shortlist)
+            exact = np.einsum("qd,qsd->qs", block, self._descriptors[np.maximum(candidates, 0)])
+            exact[candidates < 0] = -np.inf
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            scores[start:start + chunk] = np.take_along_axis(exact, order, axis=1)
+            ids[start:start + chunk] = np.take_along_axis(candidates, order, axis=1)
         return scores, ids
 
     def similarities(self, queries: Any) -> np.ndarray:
         """Exact inner products float32 [Q, len] of each query with every place (for sequence matching)."""
         vectors = self._validated_vectors("queries", queries)
         return vectors @ self._descriptors[: self._count].T
+
+    def set_search_options(self, **options: int) -> None:
+        """Change search-time options (hnsw: ef_search; ivfpq: nprobe, rerank) without rebuilding the index;
+        they are saved with the map. They trade speed for agreement with exact search: the benchmark
+        README's map table shows what each costs. An ivfpq nprobe above nlist searches every list."""
+        searchable = SEARCH_OPTIONS[self._index_kind]
+        others = sorted(set(options) - set(searchable))
+        if others:
+            raise InputError(f"index kind {self._index_kind} has no search-time options {others} "
+                             f"(accepted: {', '.join(searchable) or 'none'})")
+        if any(value is None for value in options.values()):
+            raise InputError(f"search-time options need values, got {options}")
+        checked = checked_index_options(self._dim, self._index_kind, {**self._index_options, **options})
+        if self.index_structure == "ivfpq":
+            checked["nprobe"] = min(checked["nprobe"], self._index.nlist)
+        self._index_options = checked
+        apply_search_options(self._index, checked)
 
     def reindexed(self, index_kind: str, **index_options: int) -> PlaceMap:
         """A copy of this map (same places, descriptors and fingerprint) under another index kind."""
