@@ -26,9 +26,11 @@ from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membran
                      prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
                      temporal_warmup_weight, text_logit_kd)
 from .loop import learning_rate, load_state, log_line, make_optimizer, save_state, seed_everything
+from .split_report import format_split_figures, split_figures
 from .tasks import ClassificationTask, PlaceTask, build_task
 from .teacher_training import train_cnn_teacher
 from .teachers import AnnTeacher, load_teacher
+from .weight_average import frozen_copy, update_average
 
 TRAIN_CNN = "train-cnn"
 
@@ -87,6 +89,9 @@ class DistillationTerms:
 def _build_modules(config: dict, student_config: StudentConfig, task, terms: DistillationTerms,
                    teacher_dim: int) -> nn.ModuleDict:
     modules = nn.ModuleDict({"student": SpikformerStudent(student_config)})
+    if config["optim"]["ema_decay"] > 0:
+        # Frozen (no gradients), so the optimizer skips it; saved and resumed with the rest.
+        modules["student_average"] = frozen_copy(modules["student"])
     if terms.needs_projector:
         modules["alignment"] = ManifoldAlignment(student_config.descriptor_dim, teacher_dim)
     if hasattr(task, "classifier"):
@@ -209,6 +214,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     student = modules["student"]
     if done == 0:
         center_descriptor_head(student, task.calibration_images(128))
+        if "student_average" in modules:
+            modules["student_average"].load_state_dict(student.state_dict())
+    # What is evaluated and exported: the weight average when optim.ema_decay > 0.
+    evaluated = modules["student_average"] if "student_average" in modules else student
     epochs = optim["epochs"]
     for epoch in range(done, epochs):
         modules.train()
@@ -227,11 +236,13 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
             total.backward()
             nn.utils.clip_grad_norm_(modules.parameters(), optim["grad_clip"])
             optimizer.step()
+            if evaluated is not student:
+                update_average(evaluated, student, optim["ema_decay"], epoch * len(batches) + step)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
             bar.set_postfix(loss=f"{total.item():.3f}")
         train_seconds = time.perf_counter() - epoch_started
-        metrics = evaluate_student(student, task)
+        metrics = evaluate_student(evaluated, task)
         record = {"epoch": epoch + 1, "train_seconds": round(train_seconds, 2),
                   **{f"loss_{name}": value / max(1, len(batches)) for name, value in sums.items()}, **metrics}
         records.append(record)
@@ -240,10 +251,18 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
         atomic_write_bytes(out_dir / "metrics.jsonl", lines.encode())
         log(f"student epoch {epoch + 1}/{epochs}: {task.metric} {metrics[task.metric]:.1f}% "
             f"eval spike rate {metrics['eval_spike_rate']:.3f} ({train_seconds:.0f} s)")
-    student.eval()
+    student = evaluated.eval()
+    splits = {}
+    if isinstance(task, PlaceTask):
+        recalibrate_batchnorm(student, task.calibration_images())
+        splits = split_figures(task, lambda images: student(images).descriptor)
+        for line in format_split_figures(splits):
+            log(line)
     summary = {
         "task": config["task"],
         "data": task.describe(),
+        "split": config["data"]["split"] if isinstance(task, PlaceTask) else "",
+        "splits": splits,
         "metric": task.metric,
         "final": records[-1],
         "epochs": records,
