@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, write_json_atomic  # noqa: E402
 
 from .loop import log_line  # noqa: E402
-from .trainer import TRAIN_CNN, resolve_teacher, train_student  # noqa: E402
+from .teacher_training import TRAIN_CNN, resolve_teacher  # noqa: E402
+from .trainer import train_student  # noqa: E402
 
 SVS_KEYS = ("align_weight", "relation_weight", "temporal_weight")
 SPL_KEYS = ("prototype_weight", "logit_kd_weight")
