@@ -101,3 +101,15 @@ def test_ablation_over_seeds_reports_mean_and_spread(tmp_path):
     markdown = (tmp_path / "ablation" / "report.md").read_text()
     assert "±" in markdown and "seeds 0, 1" in markdown
     assert (tmp_path / "ablation" / "student-seed1" / "summary.json").is_file()
+
+
+def test_a_finished_run_is_reused_not_evaluated_again(tmp_path):
+    config = load_config(None, route_tail_overrides(tmp_path, "run"))
+    first = train_student(config, log=lambda _: None)
+    messages = []
+    again = train_student(config, log=messages.append)
+    assert any("summary.json reused" in message for message in messages)
+    assert again["splits"] == first["splits"]
+    changed = load_config(None, route_tail_overrides(tmp_path, "run") + ["run.seed=1"])
+    with pytest.raises(InputError, match="different training config"):
+        train_student(changed, log=lambda _: None)

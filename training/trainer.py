@@ -61,6 +61,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     if run["resume"] and state_path.is_file():
         done, records = load_state(state_path, modules, optimizer, generator, digest)
         log(f"resuming {out_dir} after epoch {done}")
+    finished = _finished_summary(out_dir, digest, optim["epochs"], done, run["export"])
+    if finished is not None:
+        log(f"{out_dir}: already trained and evaluated; summary.json reused")
+        return finished
     student = modules["student"]
     if done == 0:
         center_descriptor_head(student, task.calibration_images(128))
@@ -140,3 +144,19 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
     metrics = evaluate_student(evaluated, task)
     return {"epoch": epoch + 1, "train_seconds": round(train_seconds, 2),
             **{f"loss_{name}": value / max(1, len(batches)) for name, value in sums.items()}, **metrics}
+
+
+def _finished_summary(out_dir: Path, digest: str, epochs: int, done: int, export: str) -> dict | None:
+    """The summary of a run of this config that already finished every epoch (an ablation rerun
+    over more seeds reuses it instead of evaluating again); None when there is work left, or an
+    export was asked for that the summary does not have."""
+    path = out_dir / "summary.json"
+    if done < epochs or not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    config = summary.get("config")
+    if not config or config_digest(config) != digest:
+        return None
+    if export and summary.get("export", {}).get("path") != export:
+        return None
+    return summary
