@@ -113,3 +113,20 @@ def test_a_finished_run_is_reused_not_evaluated_again(tmp_path):
     changed = load_config(None, route_tail_overrides(tmp_path, "run") + ["run.seed=1"])
     with pytest.raises(InputError, match="different training config"):
         train_student(changed, log=lambda _: None)
+
+
+def test_report_gives_the_split_figures_of_a_checkpoint(tmp_path, capsys):
+    from vl2spike_training.cli import main
+
+    export = tmp_path / "student.safetensors"
+    overrides = route_tail_overrides(tmp_path, "run", **{"run.export": str(export)})
+    summary = train_student(load_config(None, overrides), log=lambda _: None)
+    sets = sum((["--set", item] for item in overrides), [])
+    out = tmp_path / "report.json"
+    assert main(["report", *sets, "--checkpoint", str(export), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["split"] == "route_tail" and set(report["splits"]["test"]) == {"places", "student", "patchnorm"}
+    # the exported checkpoint in eval mode gives what the run measured at its end
+    assert report["splits"]["test"]["patchnorm"] == summary["splits"]["test"]["patchnorm"]
+    assert main(["report", *sets, "--set", "teacher.spec=train-cnn", "--checkpoint", str(export)]) == 2
+    assert "would train a teacher" in capsys.readouterr().err
