@@ -141,7 +141,7 @@ def test_logit_kd_gradient_reaches_first_layer(student_output):
 
 
 def test_centering_the_head_zeroes_the_mean_projection():
-    from vl2spike_training.trainer import center_descriptor_head
+    from vl2spike_training.calibration import center_descriptor_head
 
     torch.manual_seed(0)
     model = SpikformerStudent(TINY)

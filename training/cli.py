@@ -1,7 +1,8 @@
 """`vl2spike-train`: train a student (optionally its ANN teacher first) or run the ablation set.
 
     vl2spike-train train  --config configs/training/default_student.yaml [--set optim.epochs=3 ...]
-    vl2spike-train ablate --config configs/training/ablation_nordland.yaml [--set ...]
+    vl2spike-train ablate --config configs/training/default_student.yaml [--set ...]
+    vl2spike-train report --config CONFIG.yaml --checkpoint CKPT [--teacher ann:FILE] [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train one student (and its teacher first when teacher.spec is "
                                  "train-cnn); exports it when run.export is set"),
-                       ("ablate", "student alone, + SVS, + SVS + SPL on the same data, epochs and seed; "
-                                  "writes report.json, report.md and report.png")):
+                       ("ablate", "student alone, + SVS, + SVS + SPL on the same data, epochs and seeds; "
+                                  "writes report.json, report.md and report.png"),
+                       ("report", "figures of a trained checkpoint on each split of the config's place data "
+                                  "(validation, test stretch, whole route; beside teacher.spec and patchnorm)")):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--config", help="YAML training config (keys: see training/config.py)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one config key, e.g. --set optim.epochs=3 (repeatable)")
+        if name == "report":
+            command.add_argument("--checkpoint", required=True, help="runtime student checkpoint (.safetensors)")
+            command.add_argument("--out", default=None, help="also write the figures to this JSON file")
     return parser
 
 
@@ -39,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = train_student(config, command_line)
             print(f"{summary['metric']}: {summary['final'][summary['metric']]:.2f}% "
                   f"(run directory {config['run']['out_dir']})")
+        elif args.command == "report":
+            from .split_report import report_checkpoint
+
+            report_checkpoint(config, args.checkpoint, args.out)
         else:
             from .ablation import run_ablation
 

@@ -16,6 +16,9 @@ import yaml
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
 
+from .augmentation import AUGMENT_POLICIES
+from .data import SPLITS
+
 TASKS = ("place", "classification")
 
 DEFAULTS: dict[str, Any] = {
@@ -24,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
         # place: two frame-aligned traverses; the same file name in both is the same place.
         "reference": "",          # the map traverse (Nordland: summer)
         "query": "",              # the query traverse (Nordland: winter)
+        # blocks (default, any route): validation blocks interleaved along the route (interpolation, no test stretch);
+        # route_tail: test stretch = frames > test_after_frame (never used for any choice), validation
+        # = interleaved blocks among frames <= validation_until_frame, training = the rest of those.
+        "split": "blocks",
+        "validation_until_frame": 17800,
+        "test_after_frame": 18200,
+        "test_in_training": False,  # route_tail, final model only: the test stretch joins training
         "block_size": 100,        # places per block of the split
         "holdout_every": 4,       # every k-th block (k-1, 2k-1, ...) is held out for evaluation
         "guard_places": 2,        # training places dropped on each side of a held-out block
@@ -35,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "val": "",
         "max_per_class": 0,       # 0: all
         "augment": True,
+        "augment_policy": "shift",  # shift | strong (training/augmentation.py)
     },
     "student": StudentConfig().to_dict(),
     "teacher": {
@@ -80,10 +91,12 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 1.0,
         "task_temperature": 0.05,     # InfoNCE / cosine-classifier temperature
         "grad_clip": 5.0,
+        "ema_decay": 0.0,             # > 0: evaluate and export an exponential moving average of the weights
     },
     "run": {
         "out_dir": "runs/train",
         "seed": 0,
+        "seeds": [],                  # ablate: one training per seed and variant ([]: run.seed alone)
         "threads": 1,
         "resume": True,               # continue from <out_dir>/state.safetensors when it exists
         "export": "",                 # runtime checkpoint to write at the end ("": none)
@@ -161,6 +174,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     _check_types(config, DEFAULTS)
     if config["task"] not in TASKS:
         raise InputError(f"training config: task must be one of {TASKS}, got {config['task']!r}")
+    for key, allowed in (("split", SPLITS), ("augment_policy", AUGMENT_POLICIES)):
+        if config["data"][key] not in allowed:
+            raise InputError(f"training config: data.{key} must be one of {allowed}, got {config['data'][key]!r}")
+    if not 0.0 <= config["optim"]["ema_decay"] < 1.0:
+        raise InputError(f"training config: optim.ema_decay must be in [0, 1), got {config['optim']['ema_decay']}")
     StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
     for key in ("epochs", "batch_size"):
         if config["optim"][key] <= 0:

@@ -71,27 +71,38 @@ def load_place_traverses(reference_dir: str | Path, query_dir: str | Path, confi
     )
 
 
+SPLITS = ("blocks", "route_tail")
+
+
 @dataclass(frozen=True)
 class PlaceSplit:
+    name: str              # "blocks" or "route_tail"
     train: np.ndarray      # place indices used for training
-    heldout: np.ndarray    # place indices held out for evaluation
+    heldout: np.ndarray    # validation: place indices for every choice (early stopping, configs, levers)
+    test: np.ndarray       # test stretch: never used for any choice (empty for "blocks")
     description: str
 
+    def named_sets(self) -> dict[str, np.ndarray]:
+        sets = {"validation": self.heldout, "test": self.test}
+        return {name: places for name, places in sets.items() if len(places)}
 
-def split_places(num_places: int, block_size: int, holdout_every: int, guard_places: int) -> PlaceSplit:
-    """Blocks of `block_size` consecutive places; block b is held out when b % k == k - 1.
+
+def _block_split(candidates: np.ndarray, block_size: int, holdout_every: int,
+                 guard_places: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Blocks of `block_size` consecutive candidates; block b is held out when b % k == k - 1.
 
     Neighbouring places look alike, so `guard_places` training places on each side of a held-out
     block are dropped: no training image is within that many places of a held-out one.
     """
     if block_size <= 0 or holdout_every < 2 or guard_places < 0:
         raise InputError("place split: block_size must be positive, holdout_every >= 2, guard_places >= 0")
-    block = np.arange(num_places) // block_size
+    count = len(candidates)
+    block = np.arange(count) // block_size
     heldout_mask = block % holdout_every == holdout_every - 1
     if not heldout_mask.any():
-        raise InputError(f"place split: {num_places} places give no held-out block of {block_size} "
+        raise InputError(f"place split: {count} places give no held-out block of {block_size} "
                          f"(every {holdout_every}th); use fewer places per block")
-    near_heldout = np.zeros(num_places, dtype=bool)
+    near_heldout = np.zeros(count, dtype=bool)
     for offset in range(-guard_places, guard_places + 1):
         shifted = np.roll(heldout_mask, offset)
         if offset > 0:
@@ -99,15 +110,60 @@ def split_places(num_places: int, block_size: int, holdout_every: int, guard_pla
         elif offset < 0:
             shifted[offset:] = False
         near_heldout |= shifted
-    train = np.flatnonzero(~near_heldout)
-    heldout = np.flatnonzero(heldout_mask)
+    train = candidates[~near_heldout]
     if len(train) < 2:
         raise InputError(f"place split: only {len(train)} training places remain; use more places")
-    blocks = sorted(set(block[heldout].tolist()))
-    description = (f"places in blocks of {block_size} along the route; blocks {blocks} "
-                   f"(every {holdout_every}th, {len(heldout)} places) held out; {guard_places} "
-                   f"training places dropped beside each held-out block; {len(train)} training places")
-    return PlaceSplit(train=train, heldout=heldout, description=description)
+    return train, candidates[heldout_mask], sorted(set(block[heldout_mask].tolist()))
+
+
+def split_places(num_places: int, block_size: int, holdout_every: int, guard_places: int) -> PlaceSplit:
+    """The "blocks" split: validation blocks interleaved with training blocks along the whole route
+    (no test stretch). Held-out blocks sit between training blocks of the same terrain, so their
+    figures measure interpolation, not generalisation to new track."""
+    train, heldout, blocks = _block_split(np.arange(num_places), block_size, holdout_every, guard_places)
+    description = (f"blocks: places in blocks of {block_size} along the route; blocks {blocks} "
+                   f"(every {holdout_every}th, {len(heldout)} places) held out for validation; {guard_places} "
+                   f"training places dropped beside each held-out block; {len(train)} training places; "
+                   "no test stretch")
+    return PlaceSplit("blocks", train, heldout, np.array([], dtype=np.int64), description)
+
+
+def split_route_tail(frames: np.ndarray, block_size: int, holdout_every: int, guard_places: int,
+                     validation_until_frame: int, test_after_frame: int, test_in_training: bool = False) -> PlaceSplit:
+    """The "route_tail" split, by position along the route.
+
+    test stretch = every place with frame number > `test_after_frame`: new track, never used for any
+    choice; validation = interleaved blocks of the places with frame <= `validation_until_frame`
+    (with guard places); training = the rest of those. Places in between are a guard and unused.
+    `test_in_training` (only for a final model) adds the test stretch to training, which then
+    leaves no test figure that means anything; the description says so.
+    """
+    if validation_until_frame >= test_after_frame:
+        raise InputError(f"place split route_tail: data.validation_until_frame ({validation_until_frame}) must be "
+                         f"below data.test_after_frame ({test_after_frame})")
+    development = np.flatnonzero(frames <= validation_until_frame)
+    test = np.flatnonzero(frames > test_after_frame)
+    if len(development) < 2 or len(test) == 0:
+        raise InputError(f"place split route_tail: {len(development)} places with frame <= {validation_until_frame} "
+                         f"and {len(test)} with frame > {test_after_frame}; expected both parts non-empty")
+    train, heldout, blocks = _block_split(development, block_size, holdout_every, guard_places)
+    description = (f"route_tail: test stretch = {len(test)} places with frame > {test_after_frame}; validation = "
+                   f"blocks {blocks} of {block_size} places (every {holdout_every}th, {len(heldout)} places) among the "
+                   f"places with frame <= {validation_until_frame}, {guard_places} guard places dropped beside each; "
+                   f"{len(train)} training places")
+    if test_in_training:
+        train = np.concatenate([train, test])
+        description += (f"; the test stretch JOINS TRAINING ({len(train)} training places): its figures are "
+                        "not held out")
+    return PlaceSplit("route_tail", train, heldout, test, description)
+
+
+def make_split(data: dict, frames: np.ndarray) -> PlaceSplit:
+    """The split named by data.split, from the data section of a training config."""
+    if data["split"] == "blocks":
+        return split_places(len(frames), data["block_size"], data["holdout_every"], data["guard_places"])
+    return split_route_tail(frames, data["block_size"], data["holdout_every"], data["guard_places"],
+                            data["validation_until_frame"], data["test_after_frame"], data["test_in_training"])
 
 
 @dataclass
@@ -147,22 +203,3 @@ def load_class_folders(root: str | Path, config: StudentConfig, max_per_class: i
         labels.extend([label] * len(files))
     return ClassImages(raw=raw, images=to_student_tensor(raw, config),
                        labels=torch.tensor(labels, dtype=torch.int64), class_names=list(names))
-
-
-def augment(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 3) -> torch.Tensor:
-    """float [B, C, H, W] in [0, 1]: random translation (reflect-padded) and contrast/brightness.
-
-    A camera never stops at exactly the same spot twice, hence the shifts; light changes with
-    weather and season, hence the photometric jitter (patch normalisation removes much of it, but
-    not the clipping it causes).
-    """
-    size_b, _, height, width = batch.shape
-    padded = torch.nn.functional.pad(batch, (max_shift,) * 4, mode="reflect")
-    offsets = torch.randint(0, 2 * max_shift + 1, (size_b, 2), generator=generator)
-    shifted = torch.stack([
-        padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets.tolist())
-    ])
-    contrast = 1.0 + (torch.rand(size_b, 1, 1, 1, generator=generator) - 0.5) * 0.6
-    brightness = (torch.rand(size_b, 1, 1, 1, generator=generator) - 0.5) * 0.3
-    mean = shifted.mean(dim=(1, 2, 3), keepdim=True)
-    return ((shifted - mean) * contrast + mean + brightness).clamp(0.0, 1.0)

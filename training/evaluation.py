@@ -10,6 +10,7 @@ from spikingjelly.activation_based import neuron
 
 from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
 
+from .calibration import recalibrate_batchnorm
 from .data import PlaceTraverses, as_float
 
 RECALL_KS = (1, 5, 10)
@@ -60,3 +61,15 @@ class SpikeRateMeter:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def evaluate_student(model: torch.nn.Module, task) -> dict[str, float]:
+    recalibrate_batchnorm(model, task.calibration_images())
+    model.eval()
+    meter = SpikeRateMeter(model)
+    try:
+        metrics = task.evaluate(lambda images: model(images).descriptor)
+    finally:
+        meter.close()
+    metrics["eval_spike_rate"] = meter.rate
+    return metrics

@@ -27,12 +27,13 @@ def export_student(path: str | Path, model: SpikformerStudent, summary: dict) ->
     """Writes the checkpoint and `<path stem>.json`; returns {path, fingerprint, sidecar}."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    provenance = {key: summary[key] for key in ("task", "data", "metric", "final", "distillation",
-                                                 "command", "energy")}
+    provenance = {key: summary[key] for key in ("task", "data", "split", "splits", "metric", "final",
+                                                 "distillation", "command", "energy")}
     provenance["teacher"] = {key: value for key, value in summary["teacher"].items() if key != "training"}
     fingerprint = save_checkpoint(path, model.eval(), provenance)
     sidecar = path.with_suffix(".json")
     write_json_atomic(sidecar, {"checkpoint": path.name, "fingerprint": fingerprint,
                                 "metrics": summary["final"], "teacher_metrics": summary["teacher"].get("metrics", {}),
-                                "energy": summary["energy"], "provenance": summary})
+                                "energy": summary["energy"], "split": summary["split"],
+                                "splits": summary["splits"], "provenance": summary})
     return {"path": str(path), "fingerprint": fingerprint, "sidecar": str(sidecar)}

@@ -17,8 +17,8 @@ from torch import nn
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig, StudentOutput
 
-from .data import (ClassImages, PlaceSplit, PlaceTraverses, as_float, augment, load_class_folders,
-                   load_place_traverses, split_places)
+from .augmentation import augment
+from .data import ClassImages, PlaceSplit, PlaceTraverses, as_float, load_class_folders, load_place_traverses, make_split
 from .evaluation import embed_in_batches, place_recall, recall_from_embeddings
 from .feature_cache import teacher_features
 from .loop import epoch_batches
@@ -43,10 +43,10 @@ class PlaceTask:
         data = config["data"]
         self.traverses = traverses or load_place_traverses(data["reference"], data["query"], student,
                                                            data["max_places"])
-        self.split: PlaceSplit = split_places(len(self.traverses), data["block_size"],
-                                              data["holdout_every"], data["guard_places"])
+        self.split: PlaceSplit = make_split(data, self.traverses.frames)
         self.tolerance = data["tolerance_frames"]
         self.augment = data["augment"]
+        self.augment_policy = data["augment_policy"]
         self.hard_negative_run = data["hard_negative_run"]
         self.temperature = config["optim"]["task_temperature"]
         self.num_train = len(self.split.train)
@@ -106,7 +106,7 @@ class PlaceTask:
         places = self.split.train[positions]
         images = as_float(torch.cat([self.traverses.query[places], self.traverses.reference[places]]))
         if self.augment:
-            images = augment(images, generator)
+            images = augment(images, generator, self.augment_policy)
         size = len(places)
         place_ids = torch.from_numpy(places)
         teacher = None
@@ -163,6 +163,7 @@ class ClassificationTask:
         self.val: ClassImages = load_class_folders(data["val"], student, data["max_per_class"],
                                                    class_names=self.train.class_names)
         self.augment = data["augment"]
+        self.augment_policy = data["augment_policy"]
         self.temperature = config["optim"]["task_temperature"]
         self.num_train = len(self.train.labels)
         self.classifier = CosineClassifier(student.descriptor_dim, len(self.train.class_names))
@@ -191,7 +192,7 @@ class ClassificationTask:
         index = torch.from_numpy(positions)
         images = as_float(self.train.images[index])
         if self.augment:
-            images = augment(images, generator, max_shift=2)
+            images = augment(images, generator, self.augment_policy, max_shift=2)
         labels = self.train.labels[index]
         teacher = None if self.teacher_train is None else self.teacher_train[index]
         classifier, temperature = self.classifier, self.temperature

@@ -11,9 +11,14 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
+from vl2spike_ros.model import StudentConfig
+
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
-from .tasks import ClassificationTask, CosineClassifier, PlaceTask
+from .tasks import ClassificationTask, CosineClassifier, PlaceTask, build_task
+from .teachers import AnnTeacher, load_teacher
+
+TRAIN_CNN = "train-cnn"
 
 
 def teacher_digest(config: dict) -> str:
@@ -81,3 +86,22 @@ def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_pa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_ann_encoder(out_path, model, provenance)
     return provenance
+
+
+def resolve_teacher(config: dict, out_dir: Path, log=log_line):
+    """-> (teacher or None, teacher provenance, the task built on the way to train one, or None).
+
+    train-cnn trains the CNN teacher on the run's own task and split first (reused when
+    <out_dir>/teacher.safetensors was trained with the same settings); other specs load a teacher."""
+    spec = config["teacher"]["spec"]
+    if spec in ("", "none"):
+        return None, {"spec": "none"}, None
+    if spec == TRAIN_CNN:
+        path = out_dir / "teacher.safetensors"
+        task = build_task(config, StudentConfig.from_dict(config["student"]), None, "")
+        provenance = train_cnn_teacher(config, task, path, log)
+        teacher = AnnTeacher(path)
+        return teacher, {"spec": spec, "path": str(path), "identity": teacher.identity,
+                         "description": teacher.description, "training": provenance}, task
+    teacher = load_teacher(spec, config["teacher"]["batch_size"])
+    return teacher, {"spec": spec, "identity": teacher.identity, "description": teacher.description}, None

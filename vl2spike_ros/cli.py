@@ -108,13 +108,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         require_enough_references(len(reference))
         if args.reference_poses:
             reference_poses = poses_for(reference.frames, read_poses(args.reference_poses), args.reference_poses)
-    encoder = _encoder(args)
-    if reference is None:
-        place_map = PlaceMap.load(args.map, expected_fingerprint=encoder.fingerprint, expected_dim=encoder.dim)
+    if args.baseline == "patchnorm":  # the hand-made reference figure: no model, no map
+        from vl2spike_ros.evaluation.baselines import evaluate_patchnorm
+
+        if reference is None or args.radius is not None:
+            raise InputError("--baseline patchnorm needs --reference (a traverse, not --map) and --tolerance (not --radius)")
+        result = evaluate_patchnorm(reference, query, args.tolerance, args.sequence_length)
     else:
-        place_map = build_map(encoder, reference, args.index, poses=reference_poses)
-    result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length,
-                                  radius=args.radius, query_poses=query_poses)
+        encoder = _encoder(args)
+        if reference is None:
+            place_map = PlaceMap.load(args.map, expected_fingerprint=encoder.fingerprint, expected_dim=encoder.dim)
+        else:
+            place_map = build_map(encoder, reference, args.index, poses=reference_poses)
+        result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length,
+                                      radius=args.radius, query_poses=query_poses)
     title = (f"{Path(args.query).name} vs {Path(args.reference or args.map).name}, "
              f"±{args.tolerance} frames, L={args.sequence_length}")
     write_evaluation(result, args.out, title)
@@ -244,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "or an earlier evaluation's")
     evaluate.add_argument("--overwrite", action="store_true",
                           help="write into an existing folder even if it holds other files (they are kept)")
+    evaluate.add_argument("--baseline", choices=("patchnorm",), default=None,
+                          help="evaluate a hand-made baseline instead of the model: patchnorm = patch-normalised "
+                               "pixels (64x32, 8x8 patches, sum of absolute differences)")
     _add_model_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

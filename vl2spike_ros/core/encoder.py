@@ -13,13 +13,14 @@ from vl2spike_ros.core.backends import BACKENDS, make_backend, torch_device
 from vl2spike_ros.core.checkpoint import load_checkpoint
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import to_rgb
+from vl2spike_ros.core.preprocess import fit_to_input
 from vl2spike_ros.model import StudentConfig
 
 
 def resize_for_student(rgb: np.ndarray, config: StudentConfig) -> np.ndarray:
     """RGB uint8 of any size -> uint8 [H, W, C] at the student's input size; training uses it too,
     so what the student learns on is what it sees at run time."""
-    resized = cv2.resize(rgb, (config.image_width, config.image_height), interpolation=cv2.INTER_AREA)
+    resized = fit_to_input(rgb, config.image_height, config.image_width, config.resize_mode)
     if config.in_channels == 1:
         resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, None]
     return resized

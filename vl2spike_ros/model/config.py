@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from ..core.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from ..errors import InputError
 
 POOLINGS = ("mean", "gem")
@@ -51,6 +52,8 @@ class StudentConfig:
     # torch's 0.1 leaves running statistics so far off after short training that eval-mode
     # neurons stay silent for epochs (design §4); a higher momentum tracks them quickly.
     bn_momentum: float = 0.3
+    # How an image of another aspect ratio is fitted to the input (core/preprocess.py).
+    resize_mode: str = DEFAULT_RESIZE_MODE
 
     def __post_init__(self) -> None:
         positive = ("image_height", "image_width", "in_channels", "embed_dims", "num_heads",
@@ -98,6 +101,8 @@ class StudentConfig:
         if self.input_normalization not in INPUT_NORMALIZATIONS:
             raise InputError(f"student config: input_normalization must be one of "
                              f"{INPUT_NORMALIZATIONS}, got {_short(self.input_normalization)}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"student config: resize_mode must be one of {RESIZE_MODES}, got {_short(self.resize_mode)}")
         if not 0.0 < float(self.bn_momentum) <= 1.0:
             raise InputError(f"student config: bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if float(self.lif_tau) <= 1.0:
