@@ -15,7 +15,7 @@ from vl2spike_ros.core.sequence import sequence_scores
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.metrics import RECALL_KS, evaluate_rankings, frame_tolerance_positives, pr_curve
 from vl2spike_ros.evaluation.runner import EvaluationResult
-from vl2spike_ros.sources.image_folders import ImageSequence
+from vl2spike_ros.sources.frames import ImageSequence
 
 PATCH_SIZE = 8
 BASELINE_SIZE = (32, 64)  # height, width: Nordland64's size, where the project's reference figures come from
@@ -76,8 +76,8 @@ def evaluate_similarity(similarity: np.ndarray, query_frames, reference_frames, 
     ranked_scores = np.take_along_axis(scores, ranked, axis=1)
     positives = frame_tolerance_positives(query_frames, reference_frames, tolerance)
     metrics = evaluate_rankings(ranked, ranked_scores[:, 0], positives)
-    top1_correct = positives[np.arange(len(ranked)), ranked[:, 0]]
-    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.any(axis=1))
+    top1_correct = positives.hits(ranked[:, :1])[:, 0]
+    precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.has_positive)
     metrics.update(tolerance=tolerance, sequence_length=sequence_length)
     return EvaluationResult(metrics=metrics, ranked_ids=ranked, ranked_scores=ranked_scores,
                             precision=precision, recall=recall)
