@@ -194,7 +194,7 @@ def test_batch_rates_average_the_frames(model):
 
 def test_state_is_restored_and_uint8_is_accepted(model):
     student = copy.deepcopy(model).train()
-    node = student.lif_nodes[0]
+    node = student.neurons[0]
     node.store_v_seq = True
     bn = student.first_stage.block[1]
     running_mean = bn.running_mean.clone()
@@ -203,7 +203,7 @@ def test_state_is_restored_and_uint8_is_accepted(model):
     report = estimate_energy(student, as_uint8)
     assert student.training and node.store_v_seq is True
     assert torch.equal(bn.running_mean, running_mean)                # eval mode: no BN update
-    assert all(getattr(n, "v", 0.0) == 0.0 for n in student.lif_nodes)  # neurons reset
+    assert all(getattr(n, "v", 0.0) == 0.0 for n in student.neurons)  # neurons reset
     assert report.snn_energy_pj == pytest.approx(estimate_energy(model, images).snn_energy_pj, rel=1e-6)
     with pytest.raises(ValueError):
         estimate_energy(student, images[0])

@@ -53,7 +53,7 @@ def test_output_shapes_and_normalisation():
     assert out.tokens.shape == (3, 4, config.num_tokens, config.embed_dims)
     assert out.token_rates.shape == (3, 4, config.embed_dims)
     torch.testing.assert_close(out.descriptor.norm(dim=1), torch.ones(4))
-    assert len(out.membrane_potentials) == len(model.lif_nodes)
+    assert len(out.membrane_potentials) == len(model.neurons)
     assert all(v.shape[0] == 3 for v in out.membrane_potentials)
     out.descriptor.sum().backward()
     assert model.first_stage.block[0].weight.grad.abs().sum() > 0  # surrogate gradients reach the pixels' layer

@@ -30,7 +30,7 @@ def test_inference_outputs_equal_the_autograd_path():
     assert torch.equal(with_grad.tokens.detach(), without.tokens)
     for a, b in zip(with_grad.membrane_potentials, without.membrane_potentials):
         assert torch.equal(a.detach(), b)
-    assert any(isinstance(node.surrogate_function, Heaviside) for node in model.lif_nodes)
+    assert any(isinstance(node.surrogate_function, Heaviside) for node in model.neurons)
 
 
 def test_training_after_inference_has_the_same_gradients():
@@ -41,7 +41,7 @@ def test_training_after_inference_has_the_same_gradients():
         used(images)  # nodes now fire through Heaviside
     for model in (fresh, used):
         model(images).descriptor.sum().backward()
-    assert not any(isinstance(node.surrogate_function, Heaviside) for node in used.lif_nodes)
+    assert not any(isinstance(node.surrogate_function, Heaviside) for node in used.neurons)
     for (name, a), (_, b) in zip(fresh.named_parameters(), used.named_parameters()):
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:

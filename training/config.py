@@ -92,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
         "task_temperature": 0.05,     # InfoNCE / cosine-classifier temperature
         "grad_clip": 5.0,
         "ema_decay": 0.0,             # > 0: evaluate and export an exponential moving average of the weights
+        "eval_every": 1,              # validate every k epochs (and always after the last)
     },
     "run": {
         "out_dir": "runs/train",
@@ -100,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
         "threads": 1,
         "resume": True,               # continue from <out_dir>/state.safetensors when it exists
         "export": "",                 # runtime checkpoint to write at the end ("": none)
+        # A runtime checkpoint of the same shape whose weights start the student (e.g. its trained
+        # ANN twin, student.neuron=relu); the neurons may differ, the weights' layout may not.
+        "init_checkpoint": "",
         "progress": True,
     },
 }
@@ -180,7 +184,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not 0.0 <= config["optim"]["ema_decay"] < 1.0:
         raise InputError(f"training config: optim.ema_decay must be in [0, 1), got {config['optim']['ema_decay']}")
     StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "eval_every"):
         if config["optim"][key] <= 0:
             raise InputError(f"training config: optim.{key} must be positive")
     if config["optim"]["batch_size"] < 2:
@@ -192,4 +196,6 @@ def config_digest(config: dict) -> str:
     """Hash of everything that shapes the trained weights (not where outputs go)."""
     shaping = {key: value for key, value in config.items() if key != "run"}
     shaping["seed"] = config["run"]["seed"]
+    if config["run"]["init_checkpoint"]:
+        shaping["init_checkpoint"] = config["run"]["init_checkpoint"]
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()

@@ -6,9 +6,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from spikingjelly.activation_based import neuron
 
 from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
+from vl2spike_ros.model.neurons import is_neuron
 
 from .calibration import recalibrate_batchnorm
 from .data import PlaceTraverses, as_float
@@ -42,13 +42,14 @@ def recall_from_embeddings(query: torch.Tensor, reference: torch.Tensor, frames:
 
 
 class SpikeRateMeter:
-    """Fraction of LIF outputs that are spikes, over every neuron of a model, while attached."""
+    """Spikes per neuron output entry (a rate for binary spikes; the mean level for integer
+    spikes; the mean activation for the ReLU twin), over every neuron of a model, while attached."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.spikes = 0.0
         self.count = 0
         self._handles = [node.register_forward_hook(self._record)
-                         for node in model.modules() if isinstance(node, neuron.BaseNode)]
+                         for node in model.modules() if is_neuron(node)]
 
     def _record(self, module, inputs, output) -> None:
         self.spikes += float(output.detach().sum())

@@ -31,6 +31,7 @@ from .split_report import format_split_figures, split_figures
 from .tasks import PlaceTask, build_task
 from .teacher_training import resolve_teacher
 from .teachers import AnnTeacher
+from .warm_start import initialise_from_checkpoint
 from .weight_average import update_average
 
 
@@ -67,7 +68,9 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
         log(f"{out_dir}: already trained and evaluated; summary.json reused")
         return finished
     student = modules["student"]
-    if done == 0:
+    if done == 0 and run["init_checkpoint"]:
+        log(initialise_from_checkpoint(student, run["init_checkpoint"]))
+    elif done == 0:
         center_descriptor_head(student, task.calibration_images(128))
         if "student_average" in modules:
             modules["student_average"].load_state_dict(student.state_dict())
@@ -80,8 +83,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
         save_state(state_path, modules, optimizer, generator, epoch + 1, digest, records)
         lines = "".join(json.dumps(item) + "\n" for item in records)
         atomic_write_bytes(out_dir / "metrics.jsonl", lines.encode())
-        log(f"student epoch {epoch + 1}/{epochs}: {task.metric} {record[task.metric]:.1f}% "
-            f"eval spike rate {record['eval_spike_rate']:.3f} ({record['train_seconds']:.0f} s)")
+        figures = (f"{task.metric} {record[task.metric]:.1f}% eval spike rate {record['eval_spike_rate']:.3f}"
+                   if task.metric in record else "not validated this epoch")
+        log(f"student epoch {epoch + 1}/{epochs}: {figures} ({record['train_seconds']:.0f} s training, "
+            f"{record['epoch_cpu_seconds']:.0f} CPU-s in all)")
     student = evaluated.eval()
     splits = {}
     if isinstance(task, PlaceTask):
@@ -123,7 +128,7 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
     batches = task.epoch_batches(optim["batch_size"], generator)
     bar = tqdm(batches, desc=f"student epoch {epoch + 1}/{epochs}", disable=not config["run"]["progress"],
                leave=False)
-    epoch_started = time.perf_counter()
+    epoch_started, cpu_started = time.perf_counter(), time.process_time()
     sums: dict[str, float] = {}
     for step, positions in enumerate(bar):
         progress = epoch + step / len(batches)
@@ -142,8 +147,11 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
             sums[name] = sums.get(name, 0.0) + value.item()
         bar.set_postfix(loss=f"{total.item():.3f}")
     train_seconds = time.perf_counter() - epoch_started
-    metrics = evaluate_student(evaluated, task)
+    validate = (epoch + 1) % optim["eval_every"] == 0 or epoch + 1 == epochs
+    metrics = evaluate_student(evaluated, task) if validate else {}
     return {"epoch": epoch + 1, "train_seconds": round(train_seconds, 2),
+            "epoch_wall_seconds": round(time.perf_counter() - epoch_started, 2),
+            "epoch_cpu_seconds": round(time.process_time() - cpu_started, 2),
             **{f"loss_{name}": value / max(1, len(batches)) for name, value in sums.items()}, **metrics}
 
 

@@ -12,6 +12,11 @@ Convention (Horowitz 2014, 45 nm; the one used by Spikformer and its successors)
   non-zero entries of the layer's input measured on the given images (averaged over the batch
   and the timesteps). Inputs on the residual path of a block are sums of spikes (0, 1, 2, ...);
   a non-zero entry counts once, as the convention prescribes.
+* Integer spikes (``StudentConfig.neuron='integer'``): an entry of value k is k binary spikes at
+  inference, so every spiking layer's input counts its sum, not its non-zero entries (on the
+  residual path an upper bound: spikes of two branches that coincide are counted twice).
+* The ANN twin (``neuron='relu'``) is not spiking: it is reported as the ANN of equal shape
+  (every layer a MAC layer, once per frame; ratio 1).
 * The ANN of equal shape runs every layer once per frame (no T), every operation a MAC.
 * Only compute is counted: BatchNorm (folded into the convolution at inference), max-pooling,
   residual additions, LIF updates, pooling and normalisation are left out, and so is memory
@@ -43,9 +48,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.layer.attention import SpikingSelfAttention
 from torch import nn
+
+from ..model.neurons import is_neuron
 
 E_MAC_PJ = 4.6   # one 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9    # one 32-bit float accumulate, 45 nm
@@ -151,8 +158,10 @@ def _is_spike_like(x: torch.Tensor) -> bool:
 
 
 class _Recorder:
-    def __init__(self, batch: int, timesteps: int, attention_order: str) -> None:
+    def __init__(self, batch: int, timesteps: int, attention_order: str, neuron_kind: str) -> None:
         self.batch = batch
+        self.count_values = neuron_kind == "integer"
+        self.spiking = neuron_kind != "relu"
         self.timesteps = timesteps
         self.attention_order = attention_order
         self.order: list[str] = []
@@ -175,10 +184,10 @@ class _Recorder:
             flops, rows = _module_flops(module, output)
             if rows % self.batch:
                 raise RuntimeError(f"energy: layer {name} saw {rows} rows for a batch of {self.batch}")
-            if kind == "sop" and not _is_spike_like(x):
+            if kind == "sop" and self.spiking and not _is_spike_like(x):
                 warnings.warn(f"energy: layer {name} is counted as synaptic operations but its input "
                               f"is not spikes (or sums of spikes)", RuntimeWarning, stacklevel=2)
-            self._add(name, kind, flops, rows // self.batch, int(torch.count_nonzero(x)), x.numel())
+            self._add(name, kind, flops, rows // self.batch, self._spikes(x), x.numel())
         return hook
 
     def attention_hook(self, name: str, attn: SpikingSelfAttention):
@@ -199,9 +208,11 @@ class _Recorder:
                 products = (("matmul_q_kT", q, tokens * tokens * channels),
                             ("matmul_qkT_v", v, tokens * tokens * channels))
             for suffix, spikes, flops in products:
-                self._add(f"{name}.{suffix}", "sop", flops, steps, int(torch.count_nonzero(spikes)),
-                          spikes.numel())
+                self._add(f"{name}.{suffix}", "sop", flops, steps, self._spikes(spikes), spikes.numel())
         return hook
+
+    def _spikes(self, x: torch.Tensor) -> float:
+        return float(x.sum()) if self.count_values else int(torch.count_nonzero(x))
 
 
 def _hooked_modules(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]],
@@ -245,11 +256,12 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
     if parameter is not None:
         images = images.to(device=parameter.device, dtype=parameter.dtype)
     timesteps = int(model.config.timesteps)
-    recorder = _Recorder(images.shape[0], timesteps, attention_order)
+    neuron_kind = getattr(model.config, "neuron", "lif")
+    recorder = _Recorder(images.shape[0], timesteps, attention_order, neuron_kind)
     layers, attentions = _hooked_modules(model)
 
     was_training = model.training
-    nodes = [m for m in model.modules() if isinstance(m, neuron.BaseNode)]
+    nodes = [m for m in model.modules() if is_neuron(m)]
     stored = [node.store_v_seq for node in nodes]
     handles = []
     try:
@@ -271,6 +283,8 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
     for name in recorder.order:
         entry = recorder.stats[name]
         flops, runs = entry["flops"], entry["runs"]
+        if neuron_kind == "relu":
+            entry["kind"], runs = "mac", 1
         if entry["kind"] == "mac":
             rate, operations, energy = 1.0, float(flops * runs), E_MAC_PJ * flops * runs
         else:
@@ -283,7 +297,8 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
     snn = sum(layer.energy_pj for layer in results)
     ann = sum(layer.ann_energy_pj for layer in results)
     return EnergyReport(layers=results, snn_energy_pj=snn, ann_energy_pj=ann,
-                        ratio=snn / ann if ann else float("nan"), timesteps=timesteps,
+                        ratio=snn / ann if ann else float("nan"),
+                        timesteps=1 if neuron_kind == "relu" else timesteps,
                         num_frames=int(images.shape[0]), attention_order=attention_order)
 
 

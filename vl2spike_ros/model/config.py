@@ -10,11 +10,13 @@ from ..core.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from ..errors import InputError
 
 POOLINGS = ("mean", "gem")
+NEURONS = ("lif", "plif", "integer", "relu")  # model/neurons.py
+READOUTS = ("spikes", "membrane")
 # Upper bounds, checked before any tensor exists: a config (from a file, or `--set`) beyond them would
 # ask for gigabytes to terabytes of weights or attention maps. Generous for a VPR student.
 INT_LIMITS = {"image_height": 4096, "image_width": 4096, "in_channels": 3, "embed_dims": 4096,
               "num_heads": 64, "depths": 48, "timesteps": 64, "descriptor_dim": 65536,
-              "patch_norm_size": 4096, "pool_grid_rows": 4096, "pool_grid_cols": 4096}
+              "patch_norm_size": 4096, "pool_grid_rows": 4096, "pool_grid_cols": 4096, "spike_levels": 64}
 MAX_TOKENS = 4096  # spiking self-attention holds tokens^2 scores per head and timestep
 MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights
 MAX_MLP_RATIO = 16.0
@@ -49,6 +51,13 @@ class StudentConfig:
     input_normalization: str = "patch"
     patch_norm_size: int = 8
     lif_tau: float = 2.0
+    # What fires (model/neurons.py): lif | plif (learnt tau) | integer (0..spike_levels spikes per
+    # step) | relu (the ANN twin of the same shape, not spiking).
+    neuron: str = "lif"
+    spike_levels: int = 1
+    # Where the descriptor is read: the last block's spikes, or its membrane (a non-spiking
+    # integrator in place of the last output neuron).
+    readout: str = "spikes"
     # torch's 0.1 leaves running statistics so far off after short training that eval-mode
     # neurons stay silent for epochs (design §4); a higher momentum tracks them quickly.
     bn_momentum: float = 0.3
@@ -58,7 +67,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         positive = ("image_height", "image_width", "in_channels", "embed_dims", "num_heads",
                     "depths", "timesteps", "descriptor_dim", "patch_norm_size", "pool_grid_rows",
-                    "pool_grid_cols")
+                    "pool_grid_cols", "spike_levels")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= INT_LIMITS[name]:
@@ -70,7 +79,7 @@ class StudentConfig:
                 raise InputError(f"student config: {name} must be a finite number, got {_short(value)}")
         if not 0.0 < self.mlp_ratio <= MAX_MLP_RATIO:
             raise InputError(f"student config: mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
-        for name in ("pooling", "input_normalization"):
+        for name in ("pooling", "input_normalization", "neuron", "readout"):
             if not isinstance(getattr(self, name), str):
                 raise InputError(f"student config: {name} must be a string, got {_short(getattr(self, name))}")
         if self.patch_size not in (4, 16):
@@ -98,6 +107,13 @@ class StudentConfig:
             raise InputError(f"student config: in_channels must be 1 or 3, got {self.in_channels}")
         if self.pooling not in POOLINGS:
             raise InputError(f"student config: pooling must be one of {POOLINGS}, got {_short(self.pooling)}")
+        if self.neuron not in NEURONS:
+            raise InputError(f"student config: neuron must be one of {NEURONS}, got {_short(self.neuron)}")
+        if self.spike_levels > 1 and self.neuron != "integer":
+            raise InputError(f"student config: spike_levels {self.spike_levels} needs neuron 'integer' "
+                             f"(binary spikes are one level), got neuron {_short(self.neuron)}")
+        if self.readout not in READOUTS:
+            raise InputError(f"student config: readout must be one of {READOUTS}, got {_short(self.readout)}")
         if self.input_normalization not in INPUT_NORMALIZATIONS:
             raise InputError(f"student config: input_normalization must be one of "
                              f"{INPUT_NORMALIZATIONS}, got {_short(self.input_normalization)}")

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model.spikformer import Spikformer
 from torch import nn
 
 from .config import StudentConfig
+from .neurons import MembraneReadout, is_neuron, replace_neurons
 
 # spikingjelly probes for Triton kernels on its first forward; without a GPU torch logs a warning per
 # probe that tells a user nothing actionable, on every CLI call and node start.
@@ -135,8 +136,11 @@ class SpikformerStudent(nn.Module):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.MaxPool2d):
                     setattr(module, name, MaxPoolWithoutIndices(child))
-        self._lif_nodes = [m for m in self.backbone.modules() if isinstance(m, neuron.BaseNode)]
-        self._surrogates = [node.surrogate_function for node in self._lif_nodes]
+        replace_neurons(self.backbone, config.neuron, config.spike_levels)
+        if config.readout == "membrane":
+            self.backbone.blocks[-1].mlp.neuron2 = MembraneReadout()
+        self._neurons = [m for m in self.backbone.modules() if is_neuron(m)]
+        self._surrogates = [node.surrogate_function for node in self._neurons]
         self._heaviside = Heaviside()
         # False keeps the surrogate at inference too (benchmarks/student_steps.py measures both).
         self.spikes_without_surrogate = True
@@ -145,8 +149,10 @@ class SpikformerStudent(nn.Module):
         self.projection = nn.Linear(cells * config.embed_dims, config.descriptor_dim)
 
     @property
-    def lif_nodes(self) -> list[neuron.BaseNode]:
-        return list(self._lif_nodes)
+    def neurons(self) -> list[nn.Module]:
+        """Every neuron of the backbone (LIF nodes, or what `StudentConfig.neuron` put in their
+        place), in module order; not the membrane readout."""
+        return list(self._neurons)
 
     @property
     def first_stage(self) -> nn.Module:
@@ -175,7 +181,7 @@ class SpikformerStudent(nn.Module):
         step_descriptors = F.normalize(self.projection(self._pool_cells(feature_maps)), dim=-1)
         descriptor = F.normalize(step_descriptors.mean(dim=0), dim=-1)
         if membrane is not None:
-            membrane = [node.v_seq for node in self.lif_nodes]
+            membrane = [node.v_seq for node in self._neurons]
         return StudentOutput(
             descriptor=descriptor,
             step_descriptors=step_descriptors,
@@ -194,7 +200,7 @@ class SpikformerStudent(nn.Module):
         # Without autograd nobody needs the surrogate gradient: the nodes fire through a plain
         # Heaviside step (same spikes), which skips the surrogate's autograd Function per step.
         inference = self.spikes_without_surrogate and not torch.is_grad_enabled()
-        for node, surrogate in zip(self._lif_nodes, self._surrogates):
+        for node, surrogate in zip(self._neurons, self._surrogates):
             node.store_v_seq = return_membrane
             node.surrogate_function = self._heaviside if inference else surrogate
         return self.normalize(images)
