@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(ROS_LOOPBACK) $(PY) -m pytest -q test
 
-# The full benchmark (README, "Benchmark"); BENCH_ARGS=--quick for the few-minute version.
+# The full benchmark (docs/benchmark.md); BENCH_ARGS=--quick for the few-minute version.
 BENCH_OUT ?= benchmark_results
 BENCH_ARGS ?=
 bench: $(STAMP)

@@ -3,7 +3,7 @@ for transport raw and compressed, the launched vpr_node becomes active on the re
 a published photograph on ~/match with the map place it came from (with the top_k and
 match_threshold given as launch arguments), and exits cleanly at shutdown.
 
-Run it with pytest (launch_testing's plugin collects it; pytest 8, see README) or with
+Run it with pytest (launch_testing's plugin collects it; pytest 8, see docs/ros_interface.md) or with
 `launch_test test/test_launch.py`. Self-contained: it imports no sibling test module, so it runs
 without PYTHONPATH=test. DDS stays on loopback; a ROS_DOMAIN_ID given by the caller is kept. Where
 launch_testing does not import (pip installs) it skips with the reason; a failing map path and the

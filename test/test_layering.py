@@ -1,4 +1,4 @@
-"""The import direction the README's "Code layout" describes, read from the source (no imports run):
+"""The import rules docs/layout.md describes, read from the source (no imports run):
 no cycles between the package's modules, the node reaches the core only through the localizer, no
 module uses another's private names, and the runtime never imports the training package."""
 import ast

@@ -9,7 +9,7 @@ from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.place_map import PlaceMap
 
 ROUTE_RECALL_AT_1_FLOOR = 64.0      # README: 67.6% on the embedded demo route (±10 frames)
-NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR = 78.0  # measured 82.0% on places 300-399 (±10 frames); README
+NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR = 78.0  # measured 82.0% on places 300-399 (±10 frames); docs/tests.md
 
 
 def test_shipped_model_loads_by_default_with_its_provenance():

@@ -1,2 +1,2 @@
 """`vl2spike benchmark`: speed, energy, map search, node latency and evaluation memory, each against
-a reference measured in the same run on the same machine (see README, "Benchmark")."""
+a reference measured in the same run on the same machine (see docs/benchmark.md)."""

@@ -146,7 +146,7 @@ class Localizer:
             if self.search_threads > 0:
                 # OpenMP thread counts belong to the calling thread, and the node searches from its worker
                 # thread: there FAISS took every core and spin-waited, which made a 27k flat search 10-15x
-                # slower on a busy 2-core machine (benchmark README, node latency).
+                # slower on a busy 2-core machine (docs/benchmark.md, node latency).
                 faiss.omp_set_num_threads(self.search_threads)
             if self.sequence.length == 1:
                 # Single frames go through the index itself, so HNSW / IVF-PQ maps stay sublinear.

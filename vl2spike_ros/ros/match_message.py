@@ -1,4 +1,4 @@
-"""The `~/match` message body (std_msgs/String holding JSON; schema in the README, section ROS 2)."""
+"""The `~/match` message body (std_msgs/String holding JSON; schema in docs/ros_interface.md)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """`vpr_node`: the ROS 2 place-recognition node, a thin rclpy lifecycle shell over `Localizer`.
 
-Interface (design §3; schema and examples in the README, section ROS 2):
+Interface (design §3; schema and examples in docs/ros_interface.md):
 - subscribes `image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), per
   parameter `transport`, with sensor-data QoS; the callback only checks the message and puts it in a
   one-frame slot (newest frame wins, a replaced frame counts as a drop); a worker thread runs

@@ -184,8 +184,8 @@ class PlaceMap:
 
     def set_search_options(self, **options: int) -> None:
         """Change search-time options (hnsw: ef_search; ivfpq: nprobe, rerank) without rebuilding the index;
-        they are saved with the map. They trade speed for agreement with exact search: the benchmark
-        README's map table shows what each costs. An ivfpq nprobe above nlist searches every list."""
+        they are saved with the map. They trade speed for agreement with exact search: docs/benchmark.md's
+        map table shows what each costs. An ivfpq nprobe above nlist searches every list."""
         searchable = SEARCH_OPTIONS[self._index_kind]
         others = sorted(set(options) - set(searchable))
         if others:
