@@ -152,3 +152,31 @@ def test_onnx_export_gives_the_same_descriptors(tmp_path, overrides):
     assert vl2spike(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(exported)]) == 0
     onnx_encoder = DescriptorEncoder(checkpoint, backend="onnxruntime", onnx_model=exported)
     assert np.abs(onnx_encoder.encode(images) - expected).max() <= 1e-5
+
+
+def test_twin_layer_alignment_is_zero_for_the_twin_itself_and_grows_with_disagreement(tmp_path):
+    from training.twin_distillation import NeuronTap, layer_alignment, load_twin
+
+    twin_path = write_tiny_checkpoint(tmp_path / "twin.safetensors", seed=1, neuron="relu")
+    student = tiny_student(seed=1, neuron="integer", spike_levels=4)
+    twin = load_twin(str(twin_path), student)
+    student_tap, twin_tap = NeuronTap(student), NeuronTap(twin)
+    images = photos()
+    with torch.no_grad():
+        twin(images)
+        twin_maps = twin_tap.take()
+        twin(images)
+    assert layer_alignment(twin_tap.take(), twin_maps).item() == pytest.approx(0.0, abs=1e-6)
+    student.train()(images)
+    loss = layer_alignment(student_tap.take(), twin_maps)
+    assert 0.0 < loss.item() < 1.0
+    loss.backward()
+    assert student.first_stage.block[0].weight.grad.abs().sum() > 0
+
+
+def test_a_spiking_checkpoint_is_refused_as_a_twin(tmp_path):
+    from training.twin_distillation import load_twin
+
+    spiking = write_tiny_checkpoint(tmp_path / "spiking.safetensors")
+    with pytest.raises(InputError, match="expected an ANN twin"):
+        load_twin(str(spiking), tiny_student())

@@ -82,6 +82,10 @@ DEFAULTS: dict[str, Any] = {
         "logit_kd_weight": 0.0,       # SPL text-logit distillation
         "kd_temperature": 2.0,
         "kd_student_temperature": 0.01,
+        # The ANN twin (a student.neuron=relu checkpoint of the same shape) as a layer-by-layer
+        # teacher: every spike map pulled towards the twin's activation at the same place.
+        "twin_weight": 0.0,
+        "twin_checkpoint": "",
     },
     "optim": {
         "epochs": 10,
@@ -184,6 +188,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not 0.0 <= config["optim"]["ema_decay"] < 1.0:
         raise InputError(f"training config: optim.ema_decay must be in [0, 1), got {config['optim']['ema_decay']}")
     StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
+    if config["distill"]["twin_weight"] > 0 and not config["distill"]["twin_checkpoint"]:
+        raise InputError("training config: distill.twin_weight > 0 needs distill.twin_checkpoint "
+                         "(a student.neuron=relu checkpoint of the same shape)")
     for key in ("epochs", "batch_size", "eval_every"):
         if config["optim"][key] <= 0:
             raise InputError(f"training config: optim.{key} must be positive")

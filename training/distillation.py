@@ -11,6 +11,7 @@ from vl2spike_ros.model import SpikformerStudent, StudentConfig
 from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membrane_consistency,
                      prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
                      temporal_warmup_weight, text_logit_kd)
+from .twin_distillation import NeuronTap, layer_alignment, load_twin
 from .weight_average import frozen_copy
 
 
@@ -20,7 +21,7 @@ class DistillationTerms:
     def __init__(self, config: dict, task, has_teacher: bool) -> None:
         distill = config["distill"]
         self.weights = {key: distill[key] for key in ("align_weight", "relation_weight", "temporal_weight",
-                                                      "prototype_weight", "logit_kd_weight")}
+                                                      "prototype_weight", "logit_kd_weight", "twin_weight")}
         self.disabled: dict[str, str] = {}
         needs_teacher = ("align_weight", "relation_weight", "prototype_weight", "logit_kd_weight")
         for key in needs_teacher:
@@ -52,6 +53,11 @@ def build_modules(config: dict, student_config: StudentConfig, task, terms: Dist
         modules["alignment"] = ManifoldAlignment(student_config.descriptor_dim, teacher_dim)
     if hasattr(task, "classifier"):
         modules["classifier"] = task.classifier
+    if terms.on("twin_weight"):
+        # Not in the ModuleDict: the twin is frozen and not part of the training state (the
+        # config digest holds its path).
+        terms.twin = load_twin(config["distill"]["twin_checkpoint"], modules["student"])
+        terms.student_tap, terms.twin_tap = NeuronTap(modules["student"]), NeuronTap(terms.twin)
     if terms.on("prototype_weight"):
         modules["prototypes"] = PrototypeBank(task.num_classes, teacher_dim, config["distill"]["prototype_momentum"])
     return modules
@@ -76,6 +82,11 @@ def batch_losses(modules: nn.ModuleDict, batch, terms: DistillationTerms, config
             temporal = temporal + terms.rate_weight * rate_consistency(output.token_rates)
         warmup = temporal_warmup_weight(epoch_progress, terms.warmup_epochs)
         losses["temporal"] = terms.weights["temporal_weight"] * warmup * temporal
+    if terms.on("twin_weight"):
+        student_maps = terms.student_tap.take()
+        with torch.no_grad():
+            terms.twin(batch.images)
+        losses["twin"] = terms.weights["twin_weight"] * layer_alignment(student_maps, terms.twin_tap.take())
     if terms.on("prototype_weight"):
         classes, prototypes = modules["prototypes"].current(projected, batch.spl_labels)
         losses["prototype"] = terms.weights["prototype_weight"] * prototype_text_info_nce(
