@@ -8,9 +8,9 @@ import torch
 from spikingjelly.activation_based import neuron
 
 from helpers import photo, tiny_student, write_tiny_checkpoint
-from training.evaluation import SpikeRateMeter
+from vl2spike_training.evaluation import SpikeRateMeter
 from vl2spike_ros.cli import main as vl2spike
-from training.warm_start import initialise_from_checkpoint
+from vl2spike_training.warm_start import initialise_from_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.energy import estimate_energy
 from vl2spike_ros.errors import InputError
@@ -155,7 +155,7 @@ def test_onnx_export_gives_the_same_descriptors(tmp_path, overrides):
 
 
 def test_twin_layer_alignment_is_zero_for_the_twin_itself_and_grows_with_disagreement(tmp_path):
-    from training.twin_distillation import NeuronTap, layer_alignment, load_twin
+    from vl2spike_training.twin_distillation import NeuronTap, layer_alignment, load_twin
 
     twin_path = write_tiny_checkpoint(tmp_path / "twin.safetensors", seed=1, neuron="relu")
     student = tiny_student(seed=1, neuron="integer", spike_levels=4)
@@ -175,7 +175,7 @@ def test_twin_layer_alignment_is_zero_for_the_twin_itself_and_grows_with_disagre
 
 
 def test_a_spiking_checkpoint_is_refused_as_a_twin(tmp_path):
-    from training.twin_distillation import load_twin
+    from vl2spike_training.twin_distillation import load_twin
 
     spiking = write_tiny_checkpoint(tmp_path / "spiking.safetensors")
     with pytest.raises(InputError, match="expected an ANN twin"):
