@@ -230,3 +230,28 @@ def test_ann_macs_of_conv_and_linear_layers_by_hand():
     assert model.training
     assert ann_energy_of(model, torch.rand(2, 3, 16, 16)) == {"macs": expected,
                                                               "ann_energy_pj": E_MAC_PJ * expected}
+
+
+def test_training_energy_term_equals_the_energy_model_layer_by_layer():
+    """The differentiable term of distill.energy_weight counts what estimate_energy counts (its
+    layers; the two tiny attention products are left out of the term)."""
+    from vl2spike_training.energy_term import EnergyTap
+
+    student = tiny_student(neuron="integer", spike_levels=4)
+    images = torch.from_numpy(np.stack([photo(name, (64, 32)) for name in ("astronaut", "coffee", "rocket")]))
+    images = images.permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        for _ in range(5):
+            student.train()(images)
+    report = estimate_energy(student, images)
+    tap = EnergyTap(student)
+    student.eval()(images)
+    layers = [layer for layer in report.layers if "matmul" not in layer.name]
+    expected = sum(layer.energy_pj for layer in layers) / sum(layer.ann_energy_pj for layer in layers)
+    assert tap.ratio().item() == pytest.approx(expected, rel=1e-5)
+
+    student.train()
+    ratio = EnergyTap(student)
+    student(images)
+    ratio.ratio().backward()
+    assert student.first_stage.block[0].weight.grad.abs().sum() > 0  # fewer spikes is a direction

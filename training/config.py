@@ -86,9 +86,9 @@ DEFAULTS: dict[str, Any] = {
         # teacher: every spike map pulled towards the twin's activation at the same place.
         "twin_weight": 0.0,
         "twin_checkpoint": "",
-        # Energy: weight of the student's mean spikes per neuron output (over every neuron's map
-        # of the batch) in the loss; trades accuracy for synaptic operations.
-        "spike_weight": 0.0,
+        # Energy: weight of the student's SNN/ANN energy ratio on the batch (training/energy_term.py)
+        # in the loss; trades accuracy for synaptic operations.
+        "energy_weight": 0.0,
     },
     "optim": {
         "epochs": 10,

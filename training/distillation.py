@@ -8,6 +8,7 @@ from torch import nn
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
+from .energy_term import EnergyTap
 from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membrane_consistency,
                      prototype_text_info_nce, rate_consistency, relation_loss, step_consistency_kl,
                      temporal_warmup_weight, text_logit_kd)
@@ -22,7 +23,7 @@ class DistillationTerms:
         distill = config["distill"]
         self.weights = {key: distill[key] for key in ("align_weight", "relation_weight", "temporal_weight",
                                                       "prototype_weight", "logit_kd_weight", "twin_weight",
-                                                      "spike_weight")}
+                                                      "energy_weight")}
         self.disabled: dict[str, str] = {}
         needs_teacher = ("align_weight", "relation_weight", "prototype_weight", "logit_kd_weight")
         for key in needs_teacher:
@@ -36,6 +37,7 @@ class DistillationTerms:
         self.rate_weight = distill["rate_weight"]
         self.warmup_epochs = distill["temporal_warmup_epochs"]
         self.student_tap: NeuronTap | None = None
+        self.energy_tap: EnergyTap | None = None
         self.twin: nn.Module | None = None
         self.twin_tap: NeuronTap | None = None
 
@@ -57,13 +59,13 @@ def build_modules(config: dict, student_config: StudentConfig, task, terms: Dist
         modules["alignment"] = ManifoldAlignment(student_config.descriptor_dim, teacher_dim)
     if hasattr(task, "classifier"):
         modules["classifier"] = task.classifier
-    if terms.on("twin_weight") or terms.on("spike_weight"):
-        terms.student_tap = NeuronTap(modules["student"])
+    if terms.on("energy_weight"):
+        terms.energy_tap = EnergyTap(modules["student"])
     if terms.on("twin_weight"):
         # Not in the ModuleDict: the twin is frozen and not part of the training state (the
         # config digest holds its path).
         terms.twin = load_twin(config["distill"]["twin_checkpoint"], modules["student"])
-        terms.twin_tap = NeuronTap(terms.twin)
+        terms.student_tap, terms.twin_tap = NeuronTap(modules["student"]), NeuronTap(terms.twin)
     if terms.on("prototype_weight"):
         modules["prototypes"] = PrototypeBank(task.num_classes, teacher_dim, config["distill"]["prototype_momentum"])
     return modules
@@ -88,12 +90,10 @@ def batch_losses(modules: nn.ModuleDict, batch, terms: DistillationTerms, config
             temporal = temporal + terms.rate_weight * rate_consistency(output.token_rates)
         warmup = temporal_warmup_weight(epoch_progress, terms.warmup_epochs)
         losses["temporal"] = terms.weights["temporal_weight"] * warmup * temporal
-    student_maps = terms.student_tap.take() if terms.student_tap is not None else {}
-    if terms.on("spike_weight"):
-        spikes = sum(output.sum() for output in student_maps.values())
-        count = sum(output.numel() for output in student_maps.values())
-        losses["spikes"] = terms.weights["spike_weight"] * spikes / count
+    if terms.on("energy_weight"):
+        losses["energy"] = terms.weights["energy_weight"] * terms.energy_tap.ratio()
     if terms.on("twin_weight"):
+        student_maps = terms.student_tap.take()
         with torch.no_grad():
             terms.twin(batch.images)
         losses["twin"] = terms.weights["twin_weight"] * layer_alignment(student_maps, terms.twin_tap.take())

@@ -139,7 +139,7 @@ def _format_energy(pj: float) -> str:
     return f"{pj:.1f} pJ"
 
 
-def _module_flops(module: nn.Module, output: torch.Tensor) -> tuple[int, int]:
+def module_flops(module: nn.Module, output: torch.Tensor) -> tuple[int, int]:
     """(MACs per output row, number of rows). Rows are batch x timesteps of this call."""
     if isinstance(module, nn.modules.conv._ConvNd):
         rows = output.shape[0]
@@ -181,7 +181,7 @@ class _Recorder:
     def layer_hook(self, name: str, kind: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = inputs[0]
-            flops, rows = _module_flops(module, output)
+            flops, rows = module_flops(module, output)
             if rows % self.batch:
                 raise RuntimeError(f"energy: layer {name} saw {rows} rows for a batch of {self.batch}")
             if kind == "sop" and self.spiking and not _is_spike_like(x):
@@ -215,8 +215,9 @@ class _Recorder:
         return float(x.sum()) if self.count_values else int(torch.count_nonzero(x))
 
 
-def _hooked_modules(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]],
-                                               list[tuple[str, SpikingSelfAttention]]]:
+def costed_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]],
+                                             list[tuple[str, SpikingSelfAttention]]]:
+    """The student's Conv/Linear layers as (name, module, 'mac' | 'sop') and its attentions."""
     first = {id(m) for m in model.first_stage.modules()}
     projection = {id(m) for m in model.projection.modules()}
     layers: list[tuple[str, nn.Module, str]] = []
@@ -258,7 +259,7 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
     timesteps = int(model.config.timesteps)
     neuron_kind = getattr(model.config, "neuron", "lif")
     recorder = _Recorder(images.shape[0], timesteps, attention_order, neuron_kind)
-    layers, attentions = _hooked_modules(model)
+    layers, attentions = costed_layers(model)
 
     was_training = model.training
     nodes = [m for m in model.modules() if is_neuron(m)]
@@ -312,7 +313,7 @@ def count_macs(model: nn.Module, *inputs: Any) -> float:
 
     def count(module: nn.Module, layer_inputs: tuple, output: torch.Tensor) -> None:
         nonlocal macs
-        flops, rows = _module_flops(module, output)
+        flops, rows = module_flops(module, output)
         macs += flops * rows
 
     handles = [module.register_forward_hook(count) for module in model.modules()
