@@ -205,3 +205,24 @@ def test_twin_then_integer_student_from_it_with_layer_and_energy_terms(tmp_path)
     assert last["epoch_cpu_seconds"] > 0 and last["epoch_wall_seconds"] >= last["train_seconds"]
     encoder = DescriptorEncoder(tmp_path / "student.safetensors")
     assert encoder.config.neuron == "integer" and encoder.config.spike_levels == 3
+
+
+def test_twin_stage_in_train_and_in_the_seeded_ablation(tmp_path):
+    summer, winter = write_traverses(tmp_path / "route", places=24)
+    data = {"data.reference": str(summer), "data.query": str(winter), "data.block_size": 4,
+            "student.neuron": "integer", "student.spike_levels": 2, "student.timesteps": 1,
+            "optim.twin_epochs": 1}
+    messages = []
+    summary = train_student(load_config(None, tiny_overrides(tmp_path / "train", **data)), log=messages.append)
+    assert any(line.startswith("twin stage: the ANN twin first") for line in messages)
+    assert summary["twin"]["checkpoint"] == str(tmp_path / "train" / "twin" / "twin.safetensors")
+    assert "recall@1" in summary["twin"]["final"] and summary["twin"]["energy"]["ratio"] == pytest.approx(1.0)
+    assert summary["config"]["run"]["init_checkpoint"] == summary["twin"]["checkpoint"]
+
+    report = run_ablation(load_config(None, tiny_overrides(tmp_path / "ablation", **data, **{
+        "run.seeds": [0, 1]})), log=lambda _: None)
+    assert [row["variant"] for row in report["rows"]] == ["student", "student+twin"]
+    for seed in (0, 1):
+        assert (tmp_path / "ablation" / f"twin-seed{seed}" / "twin.safetensors").is_file()
+    with pytest.raises(InputError, match="set one of them"):
+        load_config(None, tiny_overrides(tmp_path / "x", **data, **{"run.init_checkpoint": "twin.safetensors"}))

@@ -1,6 +1,8 @@
 """The ablation set in one command: student alone, + SVS, + SVS + SPL, with the same data, epochs
 and student, each trained once per seed in run.seeds (default: run.seed alone); the config's distill
-weights are those of the full (+ SVS + SPL) variant.
+weights are those of the full (+ SVS + SPL) variant. With optim.twin_epochs > 0 the rows
+student + twin and student + SVS + twin join them (started from the ANN twin, one per seed,
+training/twin_stage.py), and the SPL row starts from the twin too.
 
 Writes <out_dir>/report.json, report.md and report.png: per variant, the mean and standard
 deviation over seeds of the task metric on validation, of Recall@1/5/10 on the test stretch (place
@@ -24,6 +26,7 @@ from vl2spike_ros.core.energy import E_MAC_PJ  # noqa: E402
 from .loop import log_line  # noqa: E402
 from .teacher_training import TRAIN_CNN, resolve_teacher  # noqa: E402
 from .trainer import train_student  # noqa: E402
+from .twin_stage import train_twin_first  # noqa: E402
 
 SVS_KEYS = ("align_weight", "relation_weight", "temporal_weight")
 SPL_KEYS = ("prototype_weight", "logit_kd_weight")
@@ -41,8 +44,11 @@ def spl_unavailable_reason(config: dict, teacher) -> str | None:
     return None
 
 
-def _variant(config: dict, name: str, keep: tuple[str, ...], out_dir: Path, teacher_spec: str, seed: int) -> dict:
+def _variant(config: dict, name: str, keep: tuple[str, ...], out_dir: Path, teacher_spec: str, seed: int,
+             init_checkpoint: str = "") -> dict:
     variant = copy.deepcopy(config)
+    variant["optim"]["twin_epochs"] = 0
+    variant["run"]["init_checkpoint"] = init_checkpoint
     for key in SVS_KEYS + SPL_KEYS:
         if key not in keep:
             variant["distill"][key] = 0.0
@@ -139,9 +145,13 @@ def run_ablation(config: dict, command: list[str] | None = None, log=log_line) -
     teacher, teacher_info, _ = resolve_teacher(config, out_dir, log)
     teacher_spec = f"ann:{teacher_info['path']}" if config["teacher"]["spec"] == TRAIN_CNN else config["teacher"]["spec"]
     spl_reason = spl_unavailable_reason(config, teacher)
-    variants = [("student", ()), ("student+SVS", SVS_KEYS), ("student+SVS+SPL", SVS_KEYS + SPL_KEYS)]
+    with_twin = config["optim"]["twin_epochs"] > 0
+    variants = [("student", (), False), ("student+twin", (), True), ("student+SVS", SVS_KEYS, False),
+                ("student+SVS+twin", SVS_KEYS, True), ("student+SVS+SPL", SVS_KEYS + SPL_KEYS, True)]
+    variants = [(name, keep, twin and with_twin) for name, keep, twin in variants if with_twin or not name.endswith("+twin")]
+    twins: dict[int, str] = {}
     rows, skipped, summaries = [], {}, {}
-    for name, keep in variants:
+    for name, keep, from_twin in variants:
         if keep and teacher is None:
             skipped[name] = "no teacher (teacher.spec is none)"
             continue
@@ -150,8 +160,14 @@ def run_ablation(config: dict, command: list[str] | None = None, log=log_line) -
             continue
         runs = []
         for seed in seeds:
+            if from_twin and seed not in twins:
+                seeded = copy.deepcopy(config)
+                seeded["run"]["seed"] = seed
+                started, _ = train_twin_first(seeded, train_student, command, log, f"twin-seed{seed}")
+                twins[seed] = started["run"]["init_checkpoint"]
             log(f"ablation: training {name}, seed {seed}")
-            runs.append(train_student(_variant(config, name, keep, out_dir, teacher_spec, seed), command, log))
+            runs.append(train_student(_variant(config, name, keep, out_dir, teacher_spec, seed,
+                                               twins[seed] if from_twin else ""), command, log))
         summaries[name] = runs
         rows.append(_row(name, runs))
     last = summaries[rows[-1]["variant"]][0]

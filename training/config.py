@@ -100,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": 5.0,
         "ema_decay": 0.0,             # > 0: evaluate and export an exponential moving average of the weights
         "eval_every": 1,              # validate every k epochs (and always after the last)
+        # > 0: train the student's ANN twin (student.neuron=relu) for this many epochs first and
+        # start the student from it (training/twin_stage.py)
+        "twin_epochs": 0,
     },
     "run": {
         "out_dir": "runs/train",
@@ -194,6 +197,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if config["distill"]["twin_weight"] > 0 and not config["distill"]["twin_checkpoint"]:
         raise InputError("training config: distill.twin_weight > 0 needs distill.twin_checkpoint "
                          "(a student.neuron=relu checkpoint of the same shape)")
+    if config["optim"]["twin_epochs"] < 0:
+        raise InputError(f"training config: optim.twin_epochs must be >= 0, got {config['optim']['twin_epochs']}")
+    if config["optim"]["twin_epochs"] > 0 and config["run"]["init_checkpoint"]:
+        raise InputError("training config: optim.twin_epochs > 0 trains the twin to start from; "
+                         "run.init_checkpoint names another start; set one of them")
     for key in ("epochs", "batch_size", "eval_every"):
         if config["optim"][key] <= 0:
             raise InputError(f"training config: optim.{key} must be positive")

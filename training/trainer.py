@@ -31,12 +31,16 @@ from .split_report import format_split_figures, split_figures
 from .tasks import PlaceTask, build_task
 from .teacher_training import resolve_teacher
 from .teachers import AnnTeacher
+from .twin_stage import train_twin_first
 from .warm_start import initialise_from_checkpoint
 from .weight_average import update_average
 
 
 def train_student(config: dict, command: list[str] | None = None, log=log_line) -> dict:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
+    twin_record = None
+    if config["optim"]["twin_epochs"] > 0:
+        config, twin_record = train_twin_first(config, train_student, command, log)
     run = config["run"]
     out_dir = Path(run["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +116,8 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
         "command": command or [],
         "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
     }
+    if twin_record is not None:
+        summary["twin"] = twin_record
     if run["export"]:
         summary["export"] = export_student(run["export"], student, summary)
         log(f"exported {run['export']} (fingerprint {summary['export']['fingerprint'][:12]})")

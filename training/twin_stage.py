@@ -1,0 +1,42 @@
+"""The twin stage of the recipe (optim.twin_epochs > 0): before the spiking student, train its ANN
+twin (the same shape with ReLUs, student.neuron=relu, one timestep) on the task alone, then start
+the student from the twin's weights. The twin sees the same data, split, augmentation and seed;
+its run directory is <out_dir>/twin (an ablation keeps one per seed), reused when it already
+finished."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .loop import log_line
+
+# The twin learns the task alone: no teacher, no distillation term, no energy term.
+DISTILL_OFF = ("align_weight", "relation_weight", "temporal_weight", "prototype_weight", "logit_kd_weight",
+               "twin_weight", "energy_weight")
+
+
+def twin_config(config: dict, folder: str = "twin") -> dict:
+    twin = copy.deepcopy(config)
+    twin["student"].update(neuron="relu", spike_levels=1, timesteps=1)
+    for key in DISTILL_OFF:
+        twin["distill"][key] = 0.0
+    twin["teacher"]["spec"] = "none"
+    twin["optim"].update(epochs=config["optim"]["twin_epochs"], twin_epochs=0)
+    out_dir = Path(config["run"]["out_dir"]) / folder
+    twin["run"].update(out_dir=str(out_dir), export=str(out_dir / "twin.safetensors"), init_checkpoint="")
+    return twin
+
+
+def train_twin_first(config: dict, train, command: list[str] | None, log=log_line,
+                     folder: str = "twin") -> tuple[dict, dict]:
+    """Trains (or reuses) the twin; returns the student's config, now starting from the twin, and
+    what the summary records of the twin (its figures and checkpoint)."""
+    twin = twin_config(config, folder)
+    log(f"twin stage: the ANN twin first ({twin['optim']['epochs']} epochs, {twin['run']['out_dir']})")
+    summary = train(twin, command, log)
+    student = copy.deepcopy(config)
+    student["run"]["init_checkpoint"] = twin["run"]["export"]
+    record = {"checkpoint": twin["run"]["export"], "epochs": twin["optim"]["epochs"], "final": summary["final"],
+              "splits": {name: entry.get("student", {}) for name, entry in summary.get("splits", {}).items()},
+              "energy": summary["energy"]}
+    return student, record
