@@ -62,6 +62,8 @@ def _refuse_foreign_output_folder(out: Path, overwrite: bool) -> None:
 
 
 def _is_evaluation_metrics(path: Path) -> bool:
+    if not path.is_file():  # a FIFO would block the read
+        return False
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
@@ -310,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as error:  # a full disk, a read-only folder, a path that vanished mid-run
         _clear_progress_bars()
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"vl2spike {args.command}: error: cannot read or write a file: {error.strerror or error}{where}",
+        what = error.filename or "a file"
+        print(f"vl2spike {args.command}: error: cannot read or write {what}: {error.strerror or error}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -55,9 +55,13 @@ class DescriptorEncoder:
     def dim(self) -> int:
         return self.config.descriptor_dim
 
+    def frame(self, image: np.ndarray, encoding: str | None = None) -> np.ndarray:
+        """An RGB/BGR/gray/RGBA uint8 (or mono16) array of any size -> uint8 [H, W, C] at the input size."""
+        return resize_for_student(to_rgb(np.asarray(image), encoding), self.config)
+
     def frames(self, images: Sequence[np.ndarray], encoding: str | None = None) -> np.ndarray:
-        """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> uint8 [B, H, W, C] at the input size."""
-        return np.stack([resize_for_student(to_rgb(np.asarray(image), encoding), self.config) for image in images])
+        """Images as `frame` takes them -> uint8 [B, H, W, C] at the input size."""
+        return np.stack([self.frame(image, encoding) for image in images])
 
     def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
         """Images as `frames` takes them -> float [B, C, H, W] in [0, 1] (what the student sees)."""
@@ -66,18 +70,23 @@ class DescriptorEncoder:
     def encode(self, images: Iterable[np.ndarray], encoding: str | None = None,
                progress: bool = False, total: int | None = None,
                description: str = "encoding") -> np.ndarray:
-        """Returns float32 [N, D]; rows are unit length."""
+        """Returns float32 [N, D]; rows are unit length.
+
+        Each image is resized to the input size as it arrives and the full-size one dropped, so memory
+        depends on the batch size times the input size, not on the size of the images.
+        """
         chunks: list[np.ndarray] = []
         pending: list[np.ndarray] = []
         bar = tqdm(total=total, unit="img", desc=description, disable=not progress)
 
         def flush() -> None:
-            chunks.append(self.backend(self.frames(pending, encoding)))
+            chunks.append(self.backend(np.stack(pending)))
             bar.update(len(pending))
             pending.clear()
 
         for image in images:
-            pending.append(image)
+            pending.append(self.frame(image, encoding))
+            del image
             if len(pending) == self.batch_size:
                 flush()
         if pending:
