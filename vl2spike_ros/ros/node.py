@@ -144,7 +144,7 @@ class VprNode(LifecycleNode):
         try:
             localizer = Localizer.from_paths(
                 settings["model_path"] or None, settings["map_path"] or None, device=settings["device"],
-                backend=settings["backend"], index_kind=settings["index"], num_threads=settings["num_threads"],
+                backend=settings["backend"], report=self.get_logger().warning, index_kind=settings["index"], num_threads=settings["num_threads"],
                 top_k=settings["top_k"],
                 sequence_length=settings["sequence_length"], match_threshold=settings["match_threshold"],
                 novelty_threshold=settings["novelty_threshold"], mode=settings["mode"])
