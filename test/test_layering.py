@@ -1,10 +1,20 @@
-"""The import rules docs/layout.md describes, read from the source (no imports run):
-no cycles between the package's modules, the node reaches the core only through the localizer, no
-module uses another's private names, and the runtime never imports the training package."""
+"""The import rules docs/layout.md describes, read from the source (no imports run): imports only
+go down the layers (and so have no cycles between layers), no cycles between the package's modules,
+the node reaches the core only through the localizer, no module uses another's private names, and
+the runtime never imports the training package."""
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vl2spike_ros"
+# Bottom first: a module may import from its own layer and the ones below, never from one above.
+LAYERS = (
+    ("errors", "cli_arguments", "model", "core"),
+    ("sources",),
+    ("evaluation",),
+    ("ros",),
+    ("demo", "benchmark"),
+    ("cli",),
+)
 
 
 def module_name(path: Path) -> str:
@@ -27,6 +37,23 @@ def imports_of(path: Path) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     raw = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
     return {module: {name for name in names if name in raw and name != module} for module, names in raw.items()}
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    if top == "":
+        return 0  # the package's own __init__
+    for number, names in enumerate(LAYERS):
+        if top in names:
+            return number
+    raise AssertionError(f"{module} is in no layer: add vl2spike_ros.{top} to LAYERS")
+
+
+def test_imports_only_go_down_the_layers():
+    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) imports {dependency} ({LAYERS[layer_of(dependency)][0]})"
+              for module, dependencies in sorted(import_graph().items()) for dependency in sorted(dependencies)
+              if layer_of(dependency) > layer_of(module)]
+    assert not upward, "imports that go up the layers: " + "; ".join(upward)
 
 
 def test_no_import_cycles():

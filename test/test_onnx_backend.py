@@ -1,6 +1,7 @@
 """The ONNX Runtime backend: export with metadata, the fingerprint-keyed cache, refusals, and
 descriptors / Recall@1 equal to PyTorch's (on Nordland where the data is present)."""
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -19,74 +20,115 @@ from vl2spike_ros.core.place_map import PlaceMap
 NORDLAND_SUBSET = 300
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private user cache, so no test reads or writes the real one."""
-    with pytest.MonkeyPatch.context() as patch:
-        directory = tmp_path_factory.mktemp("xdg_cache")
-        patch.setenv("XDG_CACHE_HOME", str(directory))
-        yield directory
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "student.safetensors")
-
-
-@pytest.fixture(scope="module")
-def exported(tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    assert vl2spike(["export", "--checkpoint", str(tiny), "--format", "onnx", "--out", str(path)]) == 0
-    return path
-
-
-def test_export_carries_fingerprint_and_config(tiny, exported):
-    encoder = DescriptorEncoder(tiny)
-    metadata = {entry.key: entry.value for entry in onnx.load(str(exported)).metadata_props}
+def test_export_carries_fingerprint_and_config(tiny_checkpoint, tiny_onnx):
+    encoder = DescriptorEncoder(tiny_checkpoint, backend="torch")
+    metadata = {entry.key: entry.value for entry in onnx.load(str(tiny_onnx)).metadata_props}
     assert metadata["fingerprint"] == encoder.fingerprint
     assert metadata["config"] == encoder.config.to_json()
     assert metadata["input"].startswith("uint8 [B, 32, 64, 3]")
-    assert vl2spike(["export", "--checkpoint", str(tiny), "--out", str(exported)]) == 2  # no --overwrite
+    assert vl2spike(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tiny_onnx)]) == 2  # no --overwrite
 
 
-def test_descriptors_agree_with_pytorch_at_any_batch(tiny, exported):
+def test_descriptors_agree_with_pytorch_at_any_batch(tiny_checkpoint, tiny_onnx):
     images = [photo(name, (160, 90)) for name in ("astronaut", "coffee", "chelsea", "rocket", "camera")]
-    torch_encoder = DescriptorEncoder(tiny, batch_size=3)
-    onnx_encoder = DescriptorEncoder(tiny, batch_size=3, backend="onnxruntime", onnx_model=exported)
+    torch_encoder = DescriptorEncoder(tiny_checkpoint, batch_size=3, backend="torch")
+    onnx_encoder = DescriptorEncoder(tiny_checkpoint, batch_size=3, backend="onnxruntime", onnx_model=tiny_onnx)
     expected = torch_encoder.encode(images)
     assert np.abs(onnx_encoder.encode(images) - expected).max() <= 1e-5
     assert np.abs(onnx_encoder.encode_one(images[1]) - expected[1]).max() <= 1e-5
 
 
-def test_first_use_exports_into_the_cache_once(cache):
-    encoder = DescriptorEncoder(backend="onnxruntime")  # the shipped model; Nordland reuses the export
-    path = cached_onnx_path(encoder.fingerprint)
-    assert path.is_file() and path.is_relative_to(cache)
+def test_the_default_backend_is_onnxruntime_from_the_cache_exported_once(tiny_checkpoint, tiny_onnx, onnx_cache):
+    path = cached_onnx_path(DescriptorEncoder(tiny_checkpoint, backend="torch").fingerprint)
+    assert path == tiny_onnx and path.is_relative_to(onnx_cache)
     written = path.stat().st_mtime_ns
-    again = DescriptorEncoder(backend="onnxruntime")
+    lines = []
+    again = DescriptorEncoder(tiny_checkpoint, report=lines.append)
+    assert again.backend.name == "onnxruntime" and again.backend.path == path and not lines
     assert path.stat().st_mtime_ns == written
-    assert again.backend.path == path
-    assert not [name for name in os.listdir(path.parent) if name != path.name]  # no temp files left
+    assert not [name for name in os.listdir(path.parent) if name.endswith(".tmp.onnx")]  # no temp files left
 
 
-def test_a_model_from_another_checkpoint_is_refused(tmp_path, exported):
+def test_the_cache_key_names_the_exporter_versions(monkeypatch):
+    import torch
+
+    before = cached_onnx_path("f" * 64)
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    monkeypatch.setattr(onnx, "__version__", "8.8.8")
+    after = cached_onnx_path("f" * 64)
+    assert after != before and "torch9.9.9" in after.name and "onnx8.8.8" in after.name
+
+
+def test_without_onnxruntime_the_default_falls_back_to_torch_with_one_line(tiny_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    lines = []
+    encoder = DescriptorEncoder(tiny_checkpoint, report=lines.append)
+    assert encoder.backend.name == "torch"
+    assert len(lines) == 1 and lines[0].startswith("backend onnxruntime unavailable (") \
+        and lines[0].endswith("); using torch"), lines
+    with pytest.raises(InputError, match="backend onnxruntime: cannot run here"):
+        DescriptorEncoder(tiny_checkpoint, backend="onnxruntime")
+
+
+def test_with_cuda_the_export_is_from_the_student_on_the_cpu(tmp_path, monkeypatch):
+    """No GPU needed: the device is taken as CUDA, and the model handed to the exporter is looked at."""
+    import torch
+
+    from vl2spike_ros.core import backend_onnxruntime, encoder
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "student.safetensors", seed=2)  # not in the cache
+    monkeypatch.setattr(encoder, "torch_device", lambda device: torch.device("cuda", 0))
+    exported_from = []
+
+    def export(student, info, path):
+        exported_from.append({parameter.device.type for parameter in student.parameters()})
+        raise RuntimeError("stop after looking")
+
+    monkeypatch.setattr(backend_onnxruntime, "export_onnx", export)
+    with pytest.raises(InputError, match="export to ONNX failed: RuntimeError stop after looking"):
+        DescriptorEncoder(checkpoint, device="cuda", backend="onnxruntime")
+    assert exported_from == [{"cpu"}]
+
+
+def test_a_model_from_another_checkpoint_is_refused(tmp_path, tiny_onnx):
     other = write_tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
     with pytest.raises(InputError, match="was exported from model .* but the checkpoint is"):
-        DescriptorEncoder(other, backend="onnxruntime", onnx_model=exported)
+        DescriptorEncoder(other, backend="onnxruntime", onnx_model=tiny_onnx)
     not_onnx = tmp_path / "bad.onnx"
     not_onnx.write_bytes(b"not a model")
     with pytest.raises(InputError, match="bad.onnx: not readable as ONNX"):
         DescriptorEncoder(other, backend="onnxruntime", onnx_model=not_onnx)
 
 
-def test_unknown_backend_and_absent_cuda_fail_with_one_line(tiny):
+def test_unknown_backend_and_absent_cuda_fail_with_one_line(tiny_checkpoint):
     with pytest.raises(InputError, match="backend must be one of"):
-        DescriptorEncoder(tiny, backend="tensorrt")
+        DescriptorEncoder(tiny_checkpoint, backend="tensorrt")
     import torch
 
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available on this machine"):
-            DescriptorEncoder(tiny, device="cuda", backend="onnxruntime")
+            DescriptorEncoder(tiny_checkpoint, device="cuda", backend="onnxruntime")
+
+
+def test_a_backend_is_one_module_and_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """mean_colour_backend.py, registered by name: the encoder and the command take it, and a map built
+    with it holds its descriptors."""
+    from mean_colour_backend import MeanColourBackend
+    from vl2spike_ros.core.backends import REGISTERED
+
+    monkeypatch.setitem(REGISTERED, "mean-colour", "mean_colour_backend")
+    images = [photo(name, (64, 32)) for name in ("astronaut", "coffee", "chelsea")]
+    encoder = DescriptorEncoder(tiny_checkpoint, backend="mean-colour")
+    assert isinstance(encoder.backend, MeanColourBackend)
+    descriptors = encoder.encode(images)
+    assert descriptors.shape == (3, encoder.dim) and np.allclose(np.linalg.norm(descriptors, axis=1), 1.0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        cv2.imwrite(str(folder / f"images-{index:05d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert vl2spike(["build-map", "--images", str(folder), "--checkpoint", str(tiny_checkpoint), "--backend",
+                     "mean-colour", "--out", str(tmp_path / "map")]) == 0
+    np.testing.assert_allclose(PlaceMap.load(tmp_path / "map").descriptors, descriptors, atol=1e-6)
 
 
 def read_subset(folder, count):
@@ -96,7 +138,7 @@ def read_subset(folder, count):
     return images, np.array(frames)
 
 
-def test_nordland_descriptors_and_recall_are_the_same(cache):
+def test_nordland_descriptors_and_recall_are_the_same():
     """The shipped model on the first 300 places of Nordland: a map built with one backend serves
     the other, descriptors agree to 1e-5 and Recall@1 is identical."""
     nordland = require_dir(NORDLAND)

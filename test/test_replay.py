@@ -53,7 +53,7 @@ def test_play_publishes_the_bag_at_the_chosen_rate(folder, tmp_path):
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     from sensor_msgs.msg import Image
 
-    from vl2spike_ros.ros.image_messages import image_to_rgb
+    from vl2spike_ros.sources.image_messages import image_to_rgb
 
     bag = tmp_path / "bag"
     assert replay_main(["make-bag", "--images", str(folder), "--out", str(bag)]) == 0

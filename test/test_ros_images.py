@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vl2spike_ros.ros import image_messages as ros_images
+from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
+from vl2spike_ros.sources import image_messages
 from vl2spike_ros.errors import InputError
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs is not installed")
@@ -46,7 +47,7 @@ EXPECTED_FROM = {
 @pytest.mark.parametrize("pad", [0, 3])
 def test_colour_and_mono8_encodings(encoding, pad):
     source, expected = EXPECTED_FROM[encoding]
-    rgb = ros_images.image_to_rgb(_image(source, encoding, pad))
+    rgb = image_messages.image_to_rgb(_image(source, encoding, pad))
     assert rgb.dtype == np.uint8 and rgb.shape == (6, 5, 3)
     np.testing.assert_array_equal(rgb, expected)
 
@@ -54,7 +55,7 @@ def test_colour_and_mono8_encodings(encoding, pad):
 @pytest.mark.parametrize("big_endian", [False, True])
 @pytest.mark.parametrize("pad", [0, 4])
 def test_mono16_scales_and_honours_byte_order(big_endian, pad):
-    rgb = ros_images.image_to_rgb(_image(GRAY16, "mono16", pad, big_endian))
+    rgb = image_messages.image_to_rgb(_image(GRAY16, "mono16", pad, big_endian))
     expected = ((GRAY16.astype(np.uint32) + 128) // 257).astype(np.uint8)
     np.testing.assert_array_equal(rgb[:, :, 1], expected)
 
@@ -68,16 +69,16 @@ def test_rosbags_messages_convert_too():
     message = types["sensor_msgs/msg/Image"](header=header, height=6, width=5, encoding="bgr8",
                                              is_bigendian=0, step=15,
                                              data=np.ascontiguousarray(RGB[:, :, ::-1]).reshape(-1))
-    np.testing.assert_array_equal(ros_images.message_to_rgb(message), RGB)
+    np.testing.assert_array_equal(image_messages.message_to_rgb(message), RGB)
 
 
 @pytest.mark.parametrize("compression", ["png", "jpeg"])
 def test_compressed_round_trip(compression):
     image = np.zeros((32, 64, 3), np.uint8)
     image[:, :32] = (200, 30, 10)
-    message = ros_images.rgb_to_compressed(image, compression=compression)
+    message = rgb_to_compressed(image, compression=compression)
     assert message.format == f"rgb8; {compression} compressed bgr8"
-    rgb = ros_images.message_to_rgb(message)
+    rgb = image_messages.message_to_rgb(message)
     error = np.abs(rgb.astype(int) - image.astype(int))
     if compression == "png":
         assert error.max() == 0
@@ -88,15 +89,15 @@ def test_compressed_round_trip(compression):
 def test_compressed_gray_png():
     ok, encoded = cv2.imencode(".png", GRAY16[:, :].astype(np.uint8))
     message = CompressedImage(format="png", data=encoded.tobytes())
-    rgb = ros_images.compressed_to_rgb(message)
+    rgb = image_messages.compressed_to_rgb(message)
     np.testing.assert_array_equal(rgb[:, :, 2], GRAY16.astype(np.uint8))
 
 
 def test_rgb_to_image_round_trip_and_bgr():
-    message = ros_images.rgb_to_image(RGB)
+    message = rgb_to_image(RGB)
     assert (message.height, message.width, message.step, message.encoding) == (6, 5, 15, "rgb8")
-    np.testing.assert_array_equal(ros_images.image_to_rgb(message), RGB)
-    np.testing.assert_array_equal(ros_images.image_to_rgb(ros_images.rgb_to_image(RGB, encoding="bgr8")), RGB)
+    np.testing.assert_array_equal(image_messages.image_to_rgb(message), RGB)
+    np.testing.assert_array_equal(image_messages.image_to_rgb(rgb_to_image(RGB, encoding="bgr8")), RGB)
 
 
 def _bad(change):
@@ -116,20 +117,20 @@ def _bad(change):
 ])
 def test_malformed_images_raise_input_error(make, fragment):
     with pytest.raises(InputError, match=fragment):
-        ros_images.message_to_rgb(make())
+        image_messages.message_to_rgb(make())
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\xff\xd8\xff\xe0" + b"\0" * 20,
                                   b"\x89PNG\r\n\x1a\n" + b"\0" * 30])
 def test_corrupt_compressed_images_raise_input_error(data):
     with pytest.raises(InputError):
-        ros_images.message_to_rgb(CompressedImage(format="jpeg", data=data))
+        image_messages.message_to_rgb(CompressedImage(format="jpeg", data=data))
 
 
 def test_backend_is_named():
-    assert ros_images.BACKEND in ("cv_bridge", "rosbags-image")
+    assert image_messages.BACKEND in ("cv_bridge", "rosbags-image")
     if "cv_bridge" not in sys.modules:
-        assert ros_images.BACKEND == "rosbags-image"
+        assert image_messages.BACKEND == "rosbags-image"
 
 
 def test_size_bomb_is_refused_from_its_header():
@@ -138,20 +139,20 @@ def test_size_bomb_is_refused_from_its_header():
     from helpers import jpeg_size_bomb
 
     bomb = CompressedImage(format="jpeg", data=jpeg_size_bomb())
-    for check in (ros_images.check_compressed, ros_images.message_to_rgb):
+    for check in (image_messages.check_compressed, image_messages.message_to_rgb):
         with pytest.raises(InputError, match="20000x20000 = 400000000 pixels; expected at most"):
             check(bomb)
     huge = Image(height=30000, width=30000, encoding="mono8", step=30000)
     with pytest.raises(InputError, match="truncated: 0 bytes, expected step\\*height = 900000000"):
-        ros_images.check_image(huge)
+        image_messages.check_image(huge)
     small = _image(RGB, "rgb8")
     with pytest.raises(InputError, match="5x6 = 30 pixels; expected at most max_image_pixels = 29"):
-        ros_images.message_to_rgb(small, max_pixels=29)
+        image_messages.message_to_rgb(small, max_pixels=29)
 
 
 def test_yuv_and_bayer_convert_through_the_one_message_conversion():
     message = _image(np.zeros((6, 4, 2), np.uint8), "yuv422")
-    assert ros_images.message_to_rgb(message).shape == (6, 4, 3)
+    assert image_messages.message_to_rgb(message).shape == (6, 4, 3)
     bayer = _image(RGB[:, :4, 1].copy(), "bayer_rggb8")
-    np.testing.assert_array_equal(ros_images.message_to_rgb(bayer),
+    np.testing.assert_array_equal(image_messages.message_to_rgb(bayer),
                                   cv2.cvtColor(RGB[:, :4, 1].copy(), cv2.COLOR_BAYER_BG2RGB))

@@ -6,6 +6,7 @@ a few run the real command, where a traceback or a usage block would really reac
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,8 +14,10 @@ import resource
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from safetensors.torch import save_file
@@ -48,8 +51,9 @@ def inputs(tmp_path_factory):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every path under `folder` with a hash of its bytes (folders as '<dir>')."""
-    return {str(path.relative_to(folder)): ("<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest())
+    """Every path under `folder` with a hash of its bytes (folders as '<dir>', FIFOs and the like as '<special>')."""
+    return {str(path.relative_to(folder)): ("<dir>" if path.is_dir() else "<special>" if not path.is_file()
+                                            else hashlib.sha256(path.read_bytes()).hexdigest())
             for path in sorted(folder.rglob("*"))}
 
 
@@ -284,14 +288,38 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
 
 
-@pytest.mark.parametrize("command", ["build-map", "make-bag"])
+@pytest.mark.parametrize("command", ["build-map", "make-bag", "evaluate"])
 def test_full_disk_is_one_line(inputs, tmp_path, command):
+    """One line naming the file, and nothing left behind (the snapshot): no half map, no empty folder."""
     images = shutil.copytree(inputs["images"], tmp_path / "images")
-    args = [command, "--images", images, "--out", tmp_path / "out"]
+    if command == "evaluate":
+        args = [command, "--map", inputs["map"], "--query", images, "--checkpoint", inputs["checkpoint"]]
+    else:
+        args = [command, "--images", images]
     if command == "build-map":
         args += ["--checkpoint", inputs["checkpoint"]]
-    line = refused_in_subprocess(args, tmp_path, preexec_fn=_limit_file_size)
-    assert "File too large" in line or "disk" in line
+    line = refused_in_subprocess([*args, "--out", tmp_path / "out"], tmp_path, preexec_fn=_limit_file_size)
+    assert ("File too large" in line or "disk" in line) and str(tmp_path / "out") in line, line
+
+
+def test_full_file_system_names_the_file_and_leaves_no_folder(inputs, tmp_path):
+    """A real full file system: a tmpfs of 8 KiB in a private mount namespace. The listing of the
+    tmpfs is taken inside the namespace, after the command, since only there can it be seen."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=8k tmpfs "$1"', "sh", str(disk)],
+            capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("needs unshare with user and mount namespaces to mount a small tmpfs")
+    in_full_disk = ['unshare', '-rm', 'sh', '-c', 'disk="$1"; shift; mount -t tmpfs -o size=8k tmpfs "$disk" && '
+                    '"$@"; code=$?; echo "left:$(ls -A "$disk")"; exit $code', 'sh', str(disk)]
+    out = disk / "eval"
+    result = subprocess.run([*in_full_disk, *VL2SPIKE, "evaluate", "--map", str(inputs["map"]), "--query",
+                             str(inputs["images"]), "--checkpoint", str(inputs["checkpoint"]), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    line = error_line(result.stderr)
+    assert result.returncode == 2 and f"{out / 'pr_curve.png'}: No space left on device" in line, result.stderr
+    assert result.stdout.splitlines()[-1] == "left:", result.stdout
 
 
 def _read_only_mount_works(folder: Path) -> bool:
@@ -317,3 +345,131 @@ def test_read_only_output_folder_is_one_line(inputs, tmp_path, command):
     read_only = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$1" "$1" && shift && exec "$@"', "sh", str(locked)]
     line = refused_in_subprocess([*args, "--out", out], tmp_path, "not writable", wrapper=read_only)
     assert str(locked) in line
+
+
+# --- memory and blocking reads ----------------------------------------------------------------------
+MiB = 1 << 20
+
+
+def peak_rss_of_command(args: list) -> tuple[int, str, int]:
+    """(exit code, stderr, peak resident bytes) of the real command; os.wait4 reports that child's
+    own peak, where getrusage(RUSAGE_CHILDREN) would report the largest of all children so far."""
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen([*VL2SPIKE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        return process.returncode, stderr.read().decode(errors="replace"), usage.ru_maxrss * 1024
+
+
+def pad_sparse(path: Path, size: int) -> None:
+    """Grow `path` to `size` bytes of zeros without writing them (a sparse file)."""
+    with open(path, "r+b") as stream:
+        stream.truncate(size)
+
+
+def test_padded_image_is_refused_before_it_is_read(inputs, tmp_path):
+    """A 64x32 PNG followed by 1.5 GiB of zeros (a few KB on disk)."""
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    victim = sorted(images.iterdir())[1]
+    pad_sparse(victim, 1536 * MiB)
+    code, stderr, peak = peak_rss_of_command(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"],
+                                              "--out", tmp_path / "map"])
+    line = error_line(stderr)
+    assert code == 2 and f"{victim}: {1536 * MiB} bytes for a 64x32 PNG" in line, stderr
+    assert peak < 1024 * MiB, f"peak {peak / MiB:.0f} MiB"
+
+
+def test_large_images_cost_memory_of_one_image_not_of_a_batch(inputs, tmp_path):
+    """16 zero-filled 4096x4096 PNGs (tiny on disk, 48 MiB each decoded) in one batch of 16: build-map
+    needs a few decoded images more than for 64x32 ones, not 16."""
+    ok, png = cv2.imencode(".png", np.zeros((4096, 4096), np.uint8))
+    assert ok
+    large = tmp_path / "large"
+    large.mkdir()
+    for index in range(16):
+        (large / f"images-{index:05d}.png").write_bytes(png.tobytes())
+    small = tmp_path / "small"
+    small.mkdir()
+    for index, path in enumerate(sorted(inputs["images"].iterdir())[:16]):
+        shutil.copy(path, small / f"images-{index:05d}.png")
+    peaks = {}
+    for name, folder in (("small", small), ("large", large)):
+        code, stderr, peaks[name] = peak_rss_of_command(
+            ["build-map", "--images", folder, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / f"map_{name}",
+             "--batch-size", "16"])
+        assert code == 0, stderr
+    decoded = 4096 * 4096 * 3
+    assert peaks["large"] - peaks["small"] < 5 * decoded, \
+        f"large {peaks['large'] / MiB:.0f} MiB, small {peaks['small'] / MiB:.0f} MiB"
+
+
+def test_padded_index_whose_size_map_json_records_is_refused_before_it_is_read(inputs, tmp_path):
+    map_dir = shutil.copytree(inputs["map"], tmp_path / "map")
+    pad_sparse(map_dir / "index.faiss", 1800 * MiB)
+    metadata = json.loads((map_dir / "map.json").read_text())
+    metadata["files"]["index.faiss"]["bytes"] = 1800 * MiB
+    (map_dir / "map.json").write_text(json.dumps(metadata))
+    code, stderr, peak = peak_rss_of_command(["evaluate", "--map", map_dir, "--query", inputs["images"],
+                                              "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "eval"])
+    line = error_line(stderr)
+    assert code == 2 and f"index.faiss is {1800 * MiB} bytes, more than the" in line, stderr
+    assert peak < 1024 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert not (tmp_path / "eval").exists()
+
+
+def test_padded_index_of_a_format_1_map_is_refused_before_it_is_read(inputs, tmp_path, capsys):
+    map_dir = shutil.copytree(inputs["map_v1"], tmp_path / "map")
+    pad_sparse(map_dir / "index.faiss", 512 * MiB)
+    refused(["evaluate", "--map", map_dir, "--query", inputs["images"], "--checkpoint", inputs["checkpoint"],
+             "--out", tmp_path / "eval"], capsys, tmp_path, f"index.faiss is {512 * MiB} bytes, more than the")
+
+
+class Hung(Exception):
+    """Raised by the deadline; not an OSError, which the CLI would report as a file error."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    def interrupt(signum, frame):
+        raise Hung(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("name", ["places.json", "map.json"])
+def test_fifo_in_a_map_is_refused_not_waited_on(inputs, tmp_path, capsys, name):
+    """The node's configure reads the map through the same PlaceMap.load as evaluate --map."""
+    map_dir = shutil.copytree(inputs["map"], tmp_path / "map")
+    (map_dir / name).unlink()
+    os.mkfifo(map_dir / name)
+    with deadline(30):
+        refused(["evaluate", "--map", map_dir, "--query", inputs["images"], "--checkpoint", inputs["checkpoint"],
+                 "--out", tmp_path / "eval"], capsys, tmp_path, f"{name} is not a regular file")
+
+
+def test_fifo_as_metrics_of_an_evaluation_output_is_not_waited_on(inputs, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    os.mkfifo(out / "metrics.json")
+    with deadline(30):
+        refused(["evaluate", "--map", inputs["map"], "--query", inputs["images"], "--checkpoint", inputs["checkpoint"],
+                 "--out", out], capsys, tmp_path, "not an earlier evaluation output")
+
+
+def test_truncated_png_is_one_line_without_opencv_warnings(inputs, tmp_path, capfd):
+    """OpenCV writes its warnings to file descriptor 2 itself, so capfd, not capsys, sees them."""
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    victim = sorted(images.iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    code = main(["build-map", "--images", str(images), "--checkpoint", str(inputs["checkpoint"]),
+                 "--out", str(tmp_path / "map")])
+    stderr = capfd.readouterr().err
+    assert code == 2 and victim.name in error_line(stderr) and "WARN" not in stderr, stderr

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from vl2spike_ros.core.backends import AUTO, backend_names
 from vl2spike_ros.cli_arguments import OneLineArgumentParser, bounded_float, bounded_int, require_writable_folder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.ros.bag_tools import add_replay_commands
@@ -30,16 +31,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=32,
                         help=f"images per batch, 1-{MAX_BATCH_SIZE} (default 32)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="run the student in PyTorch or ONNX Runtime (exported on first use into "
-                             "$XDG_CACHE_HOME/vl2spike_ros; same descriptors, same maps) (default torch)")
+    parser.add_argument("--backend", choices=backend_names(), default=AUTO,
+                        help="where the student runs; same descriptors, same maps (default auto: ONNX Runtime, "
+                             "exported on first use into $XDG_CACHE_HOME/vl2spike_ros, or PyTorch where that "
+                             "cannot start)")
 
 
 def _encoder(args: argparse.Namespace):
     from vl2spike_ros.core.encoder import DescriptorEncoder
 
     return DescriptorEncoder(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                             backend=getattr(args, "backend", "torch"))
+                             backend=args.backend)
 
 
 def _refuse_existing(path: Path, overwrite: bool, what: str) -> None:
@@ -62,6 +64,8 @@ def _refuse_foreign_output_folder(out: Path, overwrite: bool) -> None:
 
 
 def _is_evaluation_metrics(path: Path) -> bool:
+    if not path.is_file():  # a FIFO would block the read
+        return False
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
@@ -146,7 +150,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
         frames = build_demo_route()[0][:args.frames]  # reference frames, in memory: nothing on disk
     count = len(frames)
-    images = encoder.preprocess(frames).to(encoder.device)
+    images = encoder.preprocess(frames).to(encoder.model_device)
     report = estimate_energy(encoder.model, images)
     if args.json:
         print(json.dumps({**report.to_dict(), "checkpoint_fingerprint": encoder.fingerprint}, indent=2))
@@ -310,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as error:  # a full disk, a read-only folder, a path that vanished mid-run
         _clear_progress_bars()
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"vl2spike {args.command}: error: cannot read or write a file: {error.strerror or error}{where}",
+        what = error.filename or "a file"
+        print(f"vl2spike {args.command}: error: cannot read or write {what}: {error.strerror or error}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

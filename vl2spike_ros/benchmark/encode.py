@@ -102,7 +102,7 @@ def vit_runners(device: torch.device) -> tuple[Callable[[], object], Callable[[]
 
 
 def student_energy(encoder: DescriptorEncoder, frames: list[np.ndarray]) -> dict:
-    report = estimate_energy(encoder.model, encoder.preprocess(frames).to(encoder.device))
+    report = estimate_energy(encoder.model, encoder.preprocess(frames).to(encoder.model_device))
     return {"snn_energy_pj": report.snn_energy_pj, "ann_energy_pj": report.ann_energy_pj,
             "ratio_vs_ann": report.ratio, "frames": report.num_frames}
 

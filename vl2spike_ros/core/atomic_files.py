@@ -47,10 +47,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         fsync_path(temporary)
         os.replace(temporary, target)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise _named_error(error, target) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     fsync_path(target.parent)
+
+
+def _named_error(error: OSError, path: str | os.PathLike[str]) -> OSError:
+    """`error` naming `path` where it names no file or only a temporary one: a full disk fails a
+    write() that knows no path, and the user never sees the temporary name."""
+    names_temporary = error.filename is not None and Path(error.filename).name.startswith(f".{Path(path).name}.")
+    if error.filename is not None and not names_temporary:
+        return error
+    return OSError(error.errno, error.strerror, str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -1,25 +1,71 @@
-"""Where the student runs: PyTorch (any torch device) or ONNX Runtime (CPU, or CUDA where its
-provider exists). Both take uint8 [B, H, W, C] RGB frames at the student's input size and return
-float32 [B, D] unit-length descriptors, so the encoder's resizing is shared and a map built
-with one backend is valid for the other (same fingerprint)."""
+"""Where the student runs, one module per backend, chosen by name.
+
+A backend takes uint8 [B, H, W, C] RGB frames at the student's input size and returns float32
+[B, D] unit-length descriptors; every backend gives a checkpoint's descriptors (same fingerprint),
+so a map built with one is valid for the others. A backend is a module with a function
+`create(request: BackendRequest) -> Backend`; adding one is that module plus its line in
+REGISTERED. Modules are imported only when chosen, so a backend's runtime (onnxruntime,
+TensorRT, ...) is needed only by those who use it.
+
+"auto" (the default) is DEFAULT_BACKEND, the fastest, and FALLBACK_BACKEND, with one line saying
+why, where the default cannot start (its runtime is missing, the export fails, no CUDA provider).
+"""
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
-import torch
 
-from vl2spike_ros.core.checkpoint import CheckpointInfo
-from vl2spike_ros.core.onnx_export import (ONNX_INPUT, cached_onnx_path, export_onnx,
-                                           read_onnx_metadata)
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.model import SpikformerStudent
 
-BACKENDS = ("torch", "onnxruntime")
+if TYPE_CHECKING:
+    import torch
+
+    from vl2spike_ros.core.checkpoint import CheckpointInfo
+    from vl2spike_ros.model import SpikformerStudent
+
+REGISTERED: dict[str, str] = {
+    "onnxruntime": "vl2spike_ros.core.backend_onnxruntime",
+    "torch": "vl2spike_ros.core.backend_torch",
+}
+AUTO = "auto"
+DEFAULT_BACKEND = "onnxruntime"  # same descriptors as torch, 2-4x faster on CPU
+FALLBACK_BACKEND = "torch"
+
+
+class Backend(Protocol):
+    name: str
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] RGB frames at the input size -> float32 [B, D] unit-length descriptors."""
+
+
+@dataclass(frozen=True)
+class BackendRequest:
+    """What a backend is made from. `student` is on the CPU: a backend that runs it elsewhere moves it."""
+
+    student: SpikformerStudent
+    info: CheckpointInfo
+    device: torch.device
+    model_file: Path | None = None  # a model the backend runs instead of its own (e.g. an exported .onnx)
+    threads: int | None = None      # CPU threads; None: torch's thread count
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run here (its runtime is missing, its export failed): "auto" falls back."""
+
+
+def backend_names() -> tuple[str, ...]:
+    return (AUTO, *REGISTERED)
 
 
 def torch_device(device: str) -> torch.device:
     """A torch device, refused with one line where it does not exist on this machine."""
+    import torch
+
     try:
         parsed = torch.device(device)
     except RuntimeError as error:
@@ -31,59 +77,24 @@ def torch_device(device: str) -> torch.device:
     return parsed
 
 
-class TorchBackend:
-    name = "torch"
-
-    def __init__(self, student: SpikformerStudent, device: torch.device) -> None:
-        self.student = student.to(device).eval()
-        self.device = device
-
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        return self.student(batch).descriptor.float().cpu().numpy()
+def _create(name: str, request: BackendRequest) -> Backend:
+    try:
+        return importlib.import_module(REGISTERED[name]).create(request)
+    except ImportError as error:
+        raise BackendUnavailable(f"{error}") from None
 
 
-class OnnxRuntimeBackend:
-    """An exported student in an onnxruntime session; `threads` = None: torch's thread count."""
-
-    name = "onnxruntime"
-
-    def __init__(self, path: str | Path, fingerprint: str, device: torch.device,
-                 threads: int | None = None) -> None:
-        import onnxruntime
-
-        metadata = read_onnx_metadata(path)
-        if metadata["fingerprint"] != fingerprint:
-            raise InputError(f"ONNX model {path} was exported from model {metadata['fingerprint'][:12]} "
-                             f"but the checkpoint is {fingerprint[:12]}; export it again")
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise InputError(f"device {device}: this onnxruntime has no CUDA provider; "
-                                 "install onnxruntime-gpu or use --backend torch")
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(frames)})[0]
-
-
-def make_backend(name: str, student: SpikformerStudent, info: CheckpointInfo, device: torch.device,
-                 onnx_model: str | Path | None = None, threads: int | None = None):
-    """`onnx_model` None with onnxruntime: the model exported on first use into the user cache."""
-    if name == "torch":
-        if onnx_model is not None:
-            raise InputError("an ONNX model needs backend 'onnxruntime'")
-        return TorchBackend(student, device)
-    if name != "onnxruntime":
-        raise InputError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if onnx_model is None:
-        onnx_model = cached_onnx_path(info.fingerprint)
-        if not onnx_model.is_file():
-            export_onnx(student, info, onnx_model)
-    return OnnxRuntimeBackend(onnx_model, info.fingerprint, device, threads)
+def make_backend(name: str, request: BackendRequest, report: Callable[[str], None]) -> Backend:
+    """The backend `name`; for "auto", the default or else the fallback, telling `report` why."""
+    if name not in backend_names():
+        raise InputError(f"backend must be one of {backend_names()}, got {name!r}")
+    if name == AUTO and request.model_file is None:
+        try:
+            return _create(DEFAULT_BACKEND, request)
+        except BackendUnavailable as error:
+            report(f"backend {DEFAULT_BACKEND} unavailable ({error}); using {FALLBACK_BACKEND}")
+            return _create(FALLBACK_BACKEND, request)
+    try:
+        return _create(DEFAULT_BACKEND if name == AUTO else name, request)
+    except BackendUnavailable as error:
+        raise InputError(f"backend {name}: cannot run here ({error})") from None

@@ -1,15 +1,16 @@
 """Images of any size and common encoding in, L2-normalised float32 descriptors out."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vl2spike_ros.core.backends import BACKENDS, make_backend, torch_device
+from vl2spike_ros.core.backends import AUTO, BackendRequest, make_backend, torch_device
 from vl2spike_ros.core.checkpoint import load_checkpoint
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import to_rgb
@@ -26,26 +27,36 @@ def resize_for_student(rgb: np.ndarray, config: StudentConfig) -> np.ndarray:
     return resized
 
 
+def print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 class DescriptorEncoder:
     """Loads a student checkpoint (None: the shipped model) and encodes batches of images.
 
-    backend "torch" runs the student in PyTorch on `device`; "onnxruntime" runs it exported
-    (`onnx_model`, or exported on first use into the user cache, keyed by the fingerprint).
+    `backend` names where the student runs (see `core.backends`): "auto" (ONNX Runtime, exported on
+    first use into the user cache, or else PyTorch, telling `report` why), "onnxruntime" (or
+    `onnx_model`, an exported model) or "torch", on `device`.
     """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu",
-                 batch_size: int = 32, backend: str = "torch",
-                 onnx_model: str | Path | None = None, threads: int | None = None) -> None:
+                 batch_size: int = 32, backend: str = AUTO,
+                 onnx_model: str | Path | None = None, threads: int | None = None,
+                 report: Callable[[str], None] = print_to_stderr) -> None:
         if batch_size <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
-        if backend not in BACKENDS:
-            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = torch_device(device)
         self.model, self.info = load_checkpoint(checkpoint)
-        self.model.to(self.device)
         self.config = self.info.config
         self.batch_size = batch_size
-        self.backend = make_backend(backend, self.model, self.info, self.device, onnx_model, threads)
+        request = BackendRequest(self.model, self.info, self.device,
+                                 None if onnx_model is None else Path(onnx_model), threads)
+        self.backend = make_backend(backend, request, report)
+
+    @property
+    def model_device(self) -> torch.device:
+        """Where the PyTorch student is (the device with backend torch, else the CPU), for energy estimates."""
+        return next(self.model.parameters()).device
 
     @property
     def fingerprint(self) -> str:
@@ -55,9 +66,13 @@ class DescriptorEncoder:
     def dim(self) -> int:
         return self.config.descriptor_dim
 
+    def frame(self, image: np.ndarray, encoding: str | None = None) -> np.ndarray:
+        """An RGB/BGR/gray/RGBA uint8 (or mono16) array of any size -> uint8 [H, W, C] at the input size."""
+        return resize_for_student(to_rgb(np.asarray(image), encoding), self.config)
+
     def frames(self, images: Sequence[np.ndarray], encoding: str | None = None) -> np.ndarray:
-        """RGB/BGR/gray/RGBA uint8 (or mono16) arrays of any size -> uint8 [B, H, W, C] at the input size."""
-        return np.stack([resize_for_student(to_rgb(np.asarray(image), encoding), self.config) for image in images])
+        """Images as `frame` takes them -> uint8 [B, H, W, C] at the input size."""
+        return np.stack([self.frame(image, encoding) for image in images])
 
     def preprocess(self, images: Sequence[np.ndarray], encoding: str | None = None) -> torch.Tensor:
         """Images as `frames` takes them -> float [B, C, H, W] in [0, 1] (what the student sees)."""
@@ -66,18 +81,23 @@ class DescriptorEncoder:
     def encode(self, images: Iterable[np.ndarray], encoding: str | None = None,
                progress: bool = False, total: int | None = None,
                description: str = "encoding") -> np.ndarray:
-        """Returns float32 [N, D]; rows are unit length."""
+        """Returns float32 [N, D]; rows are unit length.
+
+        Each image is resized to the input size as it arrives and the full-size one dropped, so memory
+        depends on the batch size times the input size, not on the size of the images.
+        """
         chunks: list[np.ndarray] = []
         pending: list[np.ndarray] = []
         bar = tqdm(total=total, unit="img", desc=description, disable=not progress)
 
         def flush() -> None:
-            chunks.append(self.backend(self.frames(pending, encoding)))
+            chunks.append(self.backend(np.stack(pending)))
             bar.update(len(pending))
             pending.clear()
 
         for image in images:
-            pending.append(image)
+            pending.append(self.frame(image, encoding))
+            del image
             if len(pending) == self.batch_size:
                 flush()
         if pending:

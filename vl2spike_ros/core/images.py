@@ -3,12 +3,17 @@
 Untrusted input is sized before it is decoded: a compressed image's width and height are read from
 its header (a few hundred bytes can claim 20000x20000 pixels, gigabytes once decoded) and a raw
 image's `step * height` is checked against the bytes it really carries, both before any pixel
-buffer is allocated. Images above `max_pixels` (default DEFAULT_MAX_IMAGE_PIXELS) are refused.
+buffer is allocated. Images above `max_pixels` (default DEFAULT_MAX_IMAGE_PIXELS) are refused, and
+so is an image file far larger than its pixels could need, before the rest of it is read.
 """
 from __future__ import annotations
 
+import os
 import struct
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -45,6 +50,11 @@ BYTES_PER_PIXEL: dict[str, int] = {
 _OPENCV_ORDER = {1: "mono8", 3: "bgr8", 4: "bgra8"}
 _DEFAULT_ORDER = {1: "mono8", 3: "rgb8", 4: "rgba8"}
 _FILE_FORMATS = "PNG, JPEG, BMP, PPM, PGM or TIFF"
+# An image file holds at most its pixels uncompressed (16-bit RGBA: 8 bytes each; twice that allows
+# for row filters and stored blocks) plus metadata (EXIF, ICC profiles, text chunks). The header is
+# looked for in the first MAX_IMAGE_METADATA_BYTES.
+MAX_ENCODED_BYTES_PER_PIXEL = 16
+MAX_IMAGE_METADATA_BYTES = 16 << 20
 # Real JPEGs have a few dozen segments before their frame header; a stream of thousands of tiny ones
 # only makes the (per-frame, in the subscriber) header walk slow.
 MAX_JPEG_SEGMENTS = 1024
@@ -244,14 +254,47 @@ def claimed_size(data: bytes, formats: tuple[str, ...] | None = None) -> tuple[s
     return None
 
 
-def _decode(data: bytes, what: str, expected: str, formats: tuple[str, ...] | None,
-            max_pixels: int) -> np.ndarray:
+_opencv_quiet_lock = threading.Lock()
+_opencv_quiet_users = 0
+_opencv_level_before = 0
+
+
+@contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's own log lines off while decoding: on a truncated file it prints warnings such as
+    "PNG input buffer is incomplete" before our one-line error says the same. The level is process-wide,
+    so concurrent decodes share one silenced period and the last restores the level."""
+    global _opencv_quiet_users, _opencv_level_before
+    with _opencv_quiet_lock:
+        if _opencv_quiet_users == 0:
+            _opencv_level_before = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _opencv_quiet_users += 1
+    try:
+        yield
+    finally:
+        with _opencv_quiet_lock:
+            _opencv_quiet_users -= 1
+            if _opencv_quiet_users == 0:
+                cv2.utils.logging.setLogLevel(_opencv_level_before)
+
+
+def _claimed_pixels(data: bytes, what: str, expected: str, formats: tuple[str, ...] | None,
+                    max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) from the header, refused above `max_pixels`."""
     claimed = claimed_size(data, formats)
     if claimed is None:
         raise InputError(f"{what}: cannot decode: no readable image header (expected {expected})")
     image_format, width, height = claimed
     check_pixel_count(width, height, max_pixels, f"{what} ({image_format})")
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    return claimed
+
+
+def _decode(data: bytes, what: str, expected: str, formats: tuple[str, ...] | None,
+            max_pixels: int) -> np.ndarray:
+    image_format, _, _ = _claimed_pixels(data, what, expected, formats, max_pixels)
+    with _opencv_quiet():
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:
         raise InputError(f"{what}: cannot decode its {image_format} data (expected {expected})")
     if decoded.shape[0] * decoded.shape[1] > max_pixels:  # a header that lied about its size
@@ -263,15 +306,24 @@ def _decode(data: bytes, what: str, expected: str, formats: tuple[str, ...] | No
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8; its header must claim at most `max_pixels` pixels."""
     path = Path(path)
+    what = f"image file {path}"
     if not path.is_file():
-        raise InputError(f"image file {path}: not found (expected a readable image file)")
+        raise InputError(f"{what}: not found (expected a readable image file)")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            head = stream.read(min(size, MAX_IMAGE_METADATA_BYTES))
+            if not head:
+                raise InputError(f"{what}: file is empty (expected an image such as PNG or JPEG)")
+            image_format, width, height = _claimed_pixels(head, what, _FILE_FORMATS, None, max_pixels)
+            limit = width * height * MAX_ENCODED_BYTES_PER_PIXEL + MAX_IMAGE_METADATA_BYTES
+            if size > limit:
+                raise InputError(f"{what}: {size} bytes for a {width}x{height} {image_format}; expected at "
+                                 f"most {limit} (its pixels uncompressed plus metadata)")
+            data = head + stream.read(size - len(head))
     except OSError as error:
-        raise InputError(f"image file {path}: cannot read ({error.strerror})") from None
-    if not data:
-        raise InputError(f"image file {path}: file is empty (expected an image such as PNG or JPEG)")
-    return _decode(data, f"image file {path}", _FILE_FORMATS, None, max_pixels)
+        raise InputError(f"{what}: cannot read ({error.strerror})") from None
+    return _decode(data, what, _FILE_FORMATS, None, max_pixels)
 
 
 def decode_compressed(data: bytes, format_hint: str = "",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 
-from vl2spike_ros.core.encoder import DescriptorEncoder
+from vl2spike_ros.core.backends import AUTO
+from vl2spike_ros.core.encoder import DescriptorEncoder, print_to_stderr
 from vl2spike_ros.core.place_map import Place, PlaceMap
 from vl2spike_ros.core.sequence import SequenceMatcher
 from vl2spike_ros.errors import InputError
@@ -81,15 +83,16 @@ class Localizer:
     @classmethod
     def from_paths(cls, checkpoint: str | Path | None, map_path: str | Path | None,
                    device: str = "cpu", index_kind: str = "flat", num_threads: int = 0,
-                   backend: str = "torch", **options) -> "Localizer":
+                   backend: str = AUTO, report: Callable[[str], None] = print_to_stderr,
+                   **options) -> "Localizer":
         """Loads a checkpoint (None: shipped model) and a map (None or missing in map mode: empty);
-        `num_threads` > 0 sets the CPU threads of torch, onnxruntime and FAISS; `backend` is the
-        encoder's (torch | onnxruntime)."""
+        `num_threads` > 0 sets the CPU threads of torch, onnxruntime and FAISS; `backend` and
+        `report` are the encoder's (see DescriptorEncoder)."""
         if num_threads > 0:
             import torch
 
             torch.set_num_threads(num_threads)
-        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend,
+        encoder = DescriptorEncoder(checkpoint, device=device, backend=backend, report=report,
                                     threads=num_threads if num_threads > 0 else None)
         if map_path and Path(map_path).exists():
             place_map = PlaceMap.load(map_path, expected_fingerprint=encoder.fingerprint,

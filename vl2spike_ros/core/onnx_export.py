@@ -102,4 +102,8 @@ def cache_directory() -> Path:
 
 
 def cached_onnx_path(fingerprint: str) -> Path:
-    return cache_directory() / "onnx" / f"{fingerprint}-opset{ONNX_OPSET}.onnx"
+    """Keyed by what decides the exported graph: the model, the opset, and the exporter's torch and onnx."""
+    import onnx
+
+    return (cache_directory() / "onnx"
+            / f"{fingerprint}-opset{ONNX_OPSET}-torch{torch.__version__}-onnx{onnx.__version__}.onnx")

@@ -2,6 +2,7 @@
 traverse against a reference traverse. Matching goes through the `Localizer`, as on the robot."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +131,22 @@ def evaluate_descriptors(encoder: DescriptorEncoder, place_map: PlaceMap, query_
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, title: str) -> None:
     """metrics.json, pr_curve.png and matches.json (per query: top-K ids and scores)."""
     out_dir = Path(out_dir)
+    # The outermost folder this call creates (with its parents), to remove if it fails.
+    created_folder = next((folder for folder in reversed([out_dir, *out_dir.parents]) if not folder.exists()), None)
+    outputs = [out_dir / name for name in ("pr_curve.png", "matches.json", "metrics.json")]
+    new_outputs = [path for path in outputs if not path.exists()]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_pr_curve(result.precision, result.recall, out_dir / "pr_curve.png", title)
-    write_json_atomic(out_dir / "matches.json", {
-        "place_ids": result.ranked_ids.tolist(),
-        "scores": np.round(result.ranked_scores, 6).tolist(),
-    })
-    write_json_atomic(out_dir / "metrics.json", result.metrics)
+    try:
+        plot_pr_curve(result.precision, result.recall, outputs[0], title)
+        write_json_atomic(outputs[1], {
+            "place_ids": result.ranked_ids.tolist(),
+            "scores": np.round(result.ranked_scores, 6).tolist(),
+        })
+        write_json_atomic(outputs[2], result.metrics)
+    except BaseException:
+        # A failed evaluation (a full disk) leaves no half set of outputs and no folder it made.
+        for path in new_outputs:
+            path.unlink(missing_ok=True)
+        if created_folder is not None:
+            shutil.rmtree(created_folder, ignore_errors=True)
+        raise

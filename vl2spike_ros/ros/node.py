@@ -43,7 +43,8 @@ from std_srvs.srv import SetBool, Trigger
 
 from vl2spike_ros.core.localizer import Localizer, MapUpdateError
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.ros import image_messages as ros_images
+from vl2spike_ros.ros.image_messages import rgb_to_image
+from vl2spike_ros.sources import image_messages
 from vl2spike_ros.ros.frame_slot import FrameSlot
 from vl2spike_ros.ros.match_image import ReferenceImages, match_picture
 from vl2spike_ros.ros.match_message import match_json
@@ -98,7 +99,7 @@ class VprNode(LifecycleNode):
         self._diagnostics_timer = self.create_timer(self._vpr_settings["diagnostics_period"],
                                                     self._publish_diagnostics)
         self.get_logger().info(f"{NODE_NAME} from {Path(__file__).resolve().parent} "
-                               f"(image conversion: {ros_images.BACKEND})")
+                               f"(image conversion: {image_messages.BACKEND})")
 
     @property
     def state(self) -> str:
@@ -143,7 +144,7 @@ class VprNode(LifecycleNode):
         try:
             localizer = Localizer.from_paths(
                 settings["model_path"] or None, settings["map_path"] or None, device=settings["device"],
-                backend=settings["backend"], index_kind=settings["index"], num_threads=settings["num_threads"],
+                backend=settings["backend"], report=self.get_logger().warning, index_kind=settings["index"], num_threads=settings["num_threads"],
                 top_k=settings["top_k"],
                 sequence_length=settings["sequence_length"], match_threshold=settings["match_threshold"],
                 novelty_threshold=settings["novelty_threshold"], mode=settings["mode"])
@@ -245,7 +246,7 @@ class VprNode(LifecycleNode):
 
     def _on_image(self, message: Image) -> None:
         try:
-            ros_images.check_image(message, self._vpr_settings["max_image_pixels"])
+            image_messages.check_image(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -253,7 +254,7 @@ class VprNode(LifecycleNode):
 
     def _on_compressed(self, message: CompressedImage) -> None:
         try:
-            ros_images.check_compressed(message, self._vpr_settings["max_image_pixels"])
+            image_messages.check_compressed(message, self._vpr_settings["max_image_pixels"])
         except InputError as error:
             self._invalid(error)
             return
@@ -281,7 +282,7 @@ class VprNode(LifecycleNode):
                 self._slot.finish()
 
     def _process(self, message: Any, frames_skipped: int) -> None:
-        rgb = ros_images.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
+        rgb = image_messages.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
         stamp = message.header.stamp
         with self._lock:
             localizer = self._localizer
@@ -301,7 +302,7 @@ class VprNode(LifecycleNode):
         if match.pose is not None:
             self._vpr_pubs["pose"].publish(self._pose_message(stamp, match.pose))
         if picture is not None:
-            self._vpr_pubs["match_image"].publish(ros_images.rgb_to_image(picture, message.header))
+            self._vpr_pubs["match_image"].publish(rgb_to_image(picture, message.header))
 
     def _pose_message(self, stamp: Any, pose: list[float]) -> PoseWithCovarianceStamped:
         message = PoseWithCovarianceStamped()
@@ -362,7 +363,7 @@ class VprNode(LifecycleNode):
             extra = {"state": self._vpr_state, "mode": localizer.mode if localizer else self._vpr_settings["mode"],
                      "map_size": localizer.map_size if localizer else 0,
                      "model": localizer.encoder.fingerprint[:12] if localizer else "n/a",
-                     "transport": self._vpr_settings["transport"], "image_conversion": ros_images.BACKEND}
+                     "transport": self._vpr_settings["transport"], "image_conversion": image_messages.BACKEND}
         level, text = self._status.status(self._vpr_state, stats)
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: place recognition",
                                   hardware_id="vl2spike_ros", level=getattr(DiagnosticStatus, level),

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vl2spike_ros.core.backends import AUTO, backend_names
 from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
 from vl2spike_ros.core.localizer import MODES
 
@@ -48,9 +49,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ParameterSpec("device", "cpu", "torch device for the student, e.g. 'cpu' or 'cuda:0'", read_only=True),
-    ParameterSpec("backend", "torch", "run the student in 'torch' or 'onnxruntime' (exported on first "
-                  "use into the user cache; same descriptors, same maps)", read_only=True,
-                  choices=("torch", "onnxruntime")),
+    ParameterSpec("backend", AUTO, "where the student runs; same descriptors, same maps ('auto': "
+                  "onnxruntime, exported on first use into the user cache, or torch where that cannot start)",
+                  read_only=True, choices=backend_names()),
     ParameterSpec("num_threads", 0, "CPU threads of torch, onnxruntime and FAISS (0: their defaults, all cores)",
                   read_only=True, low=0, high=256, step=1),
     ParameterSpec("index", "flat", "FAISS index kind of a map started empty in mode 'map' "

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vl2spike_ros.sources.frames import Frame, ImageSequence
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
-from vl2spike_ros.ros.image_messages import message_to_rgb
+from vl2spike_ros.sources.image_messages import message_to_rgb
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"

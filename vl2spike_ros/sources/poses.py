@@ -20,6 +20,8 @@ OPTIONAL_DEFAULTS = {"z": 0.0, "qx": 0.0, "qy": 0.0, "qz": 0.0, "qw": 1.0}
 def read_poses(path: str | Path) -> dict[str, list[float]]:
     """source -> [x, y, z, qx, qy, qz, qw]."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read
+        raise InputError(f"poses {path}: not a regular file; expected a CSV file")
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))

@@ -8,6 +8,7 @@ dim and count; the walk must end at the last byte. Anything else is refused as c
 """
 from __future__ import annotations
 
+import math
 import struct
 
 from vl2spike_ros.errors import InputError
@@ -18,6 +19,15 @@ HNSW_FLAT = b"IHNf"
 IVFPQ = b"IwPQ"
 STRUCTURE_CODES = {"flat": FLAT_IP, "hnsw": HNSW_FLAT, "ivfpq": IVFPQ}
 _METRIC_INNER_PRODUCT = 0
+
+
+# Bytes of the fixed fields: a structure's header (code, d, ntotal, two unused, is_trained, metric),
+# and a FAISS vector's length.
+_HEADER_BYTES = 4 + struct.calcsize("<iqqq?i")
+_VECTOR_LENGTH_BYTES = 8
+# FAISS's HNSW gives a level the probability exp(-level / mult) * (1 - exp(-1 / mult)) with
+# mult = 1 / ln(M), and keeps the levels whose probability is at least this.
+_HNSW_LEVEL_PROBABILITY_FLOOR = 1e-9
 
 
 class _Corrupt(Exception):
@@ -137,6 +147,42 @@ def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> 
 
 
 _WALKERS = {"flat": _flat, "hnsw": _hnsw, "ivfpq": _ivfpq}
+
+
+def _flat_bytes(dim: int, count: int) -> int:
+    return _HEADER_BYTES + _VECTOR_LENGTH_BYTES + 4 * count * dim
+
+
+def _hnsw_levels(neighbors: int) -> int:
+    mult = 1 / math.log(neighbors)
+    level = 0
+    while math.exp(-level / mult) * (1 - math.exp(-1 / mult)) >= _HNSW_LEVEL_PROBABILITY_FLOOR:
+        level += 1
+    return level
+
+
+def index_size_limit(structure: str, dim: int, count: int, options: dict) -> int:
+    """The most bytes a serialised `structure` index of `count` x `dim` vectors with these options
+    can take: a file beyond it is refused before it is read. Exact for flat; for HNSW it assumes every
+    place on the top level, for IVF-PQ sparse list sizes."""
+    vector = _VECTOR_LENGTH_BYTES
+    if structure == "flat":
+        return _flat_bytes(dim, count)
+    if structure == "hnsw":
+        neighbors = max(2, int(options.get("M") or 2))
+        levels = _hnsw_levels(neighbors)
+        per_place = 2 * neighbors + neighbors * (levels - 1)  # level 0 keeps 2M neighbours, the others M
+        graph = (vector + 8 * levels + vector + 4 * (levels + 1) + vector + 4 * count
+                 + vector + 8 * (count + 1) + vector + 4 * count * per_place + struct.calcsize("<iiiii"))
+        return _HEADER_BYTES + graph + _flat_bytes(dim, count)
+    nlist = int(options.get("nlist") or max(count, 1))
+    sub_quantisers = int(options.get("m") or dim)
+    bits = int(options.get("nbits") or 8)
+    code_size = (sub_quantisers * bits + 7) // 8
+    quantisers = (_HEADER_BYTES + 16 + _flat_bytes(dim, nlist) + 1 + vector + 9 + 24
+                  + vector + 4 * dim * 2**bits)
+    lists = 4 + 16 + 4 + vector + 16 * nlist + count * (code_size + 8)
+    return quantisers + lists
 
 
 def check_index_bytes(data: bytes, structure: str, dim: int, count: int, label: str) -> None:

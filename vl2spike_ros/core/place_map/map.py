@@ -24,13 +24,16 @@ from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.place_map.index_factory import (
     SEARCH_OPTIONS, apply_search_options, checked_index_options, index_structure, ivfpq_minimum_training_count, new_index,
     trained_ivfpq_index)
-from vl2spike_ros.core.place_map.index_file import check_index_bytes
+from vl2spike_ros.core.place_map.index_file import check_index_bytes, index_size_limit
 from vl2spike_ros.core.place_map.place import Place, is_int, short_repr
 from vl2spike_ros.core.place_map.store import (check_replaceable, parse_json, read_map_directory,
                                                write_map_directory)
 
 METRIC = "inner_product"
 NORM_TOLERANCE = 1e-3
+# .npy format 1.0 (what np.save writes here): 10 bytes of magic, version and header length, then at
+# most 65535 bytes of header.
+NPY_MAX_HEADER_BYTES = 10 + 0xFFFF
 
 
 class PlaceMap:
@@ -240,8 +243,7 @@ class PlaceMap:
         All files come from one save even while another process saves over the map (see `store`).
         """
         target = Path(directory).resolve()
-        metadata, contents = read_map_directory(target)
-        _check_metadata(target, metadata)
+        metadata, contents = read_map_directory(target, lambda metadata: _payload_size_limits(target, metadata))
         dim, fingerprint, count = metadata["dim"], metadata["model_fingerprint"], metadata["count"]
         if expected_fingerprint is not None and fingerprint != expected_fingerprint:
             raise InputError(
@@ -257,10 +259,7 @@ class PlaceMap:
             place_map = cls(dim, fingerprint, metadata["index_kind"], **metadata["index_options"])
         except (InputError, TypeError) as error:
             raise InputError(f"map {target}: map.json is invalid: {error}") from None
-        structure = metadata.get("index_structure", metadata["index_kind"])  # format 1 had no field
-        if structure not in (metadata["index_kind"], "flat"):
-            raise InputError(f"map {target}: map.json index_structure {short_repr(structure)} does not fit "
-                             f"index kind {metadata['index_kind']}")
+        structure = _index_structure(target, metadata)
         place_map._index = _index_from_bytes(target, contents["index.faiss"], structure, dim, count)
         apply_search_options(place_map._index, place_map._index_options)
         place_map._append_storage(_descriptors_from_bytes(target, contents["descriptors.npy"], count, dim),
@@ -331,6 +330,27 @@ def _check_metadata(target: Path, metadata: dict[str, Any]) -> None:
         raise InputError(f"map {target} uses metric {short_repr(metadata['metric'])}; expected {METRIC!r}")
     if metadata["count"] < 0:
         raise InputError(f"map {target}: map.json count must be >= 0, got {metadata['count']}")
+
+
+def _index_structure(target: Path, metadata: dict[str, Any]) -> str:
+    structure = metadata.get("index_structure", metadata["index_kind"])  # format 1 had no field
+    if structure not in (metadata["index_kind"], "flat"):
+        raise InputError(f"map {target}: map.json index_structure {short_repr(structure)} does not fit "
+                         f"index kind {metadata['index_kind']}")
+    return structure
+
+
+def _payload_size_limits(target: Path, metadata: dict[str, Any]) -> dict[str, int]:
+    """The most bytes index.faiss and descriptors.npy may take for what map.json says they hold, so a
+    file padded far beyond that (or sparse, recorded at its padded size) is refused before it is read."""
+    _check_metadata(target, metadata)
+    dim, count = metadata["dim"], metadata["count"]
+    try:
+        options = checked_index_options(dim, metadata["index_kind"], metadata["index_options"])
+    except (InputError, TypeError) as error:
+        raise InputError(f"map {target}: map.json is invalid: {error}") from None
+    return {"index.faiss": index_size_limit(_index_structure(target, metadata), dim, count, options),
+            "descriptors.npy": NPY_MAX_HEADER_BYTES + 4 * count * dim}
 
 
 def _index_from_bytes(target: Path, data: bytes, structure: str, dim: int, count: int) -> faiss.Index:

@@ -22,8 +22,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.atomic_files import fsync_path
@@ -59,6 +60,8 @@ def check_replaceable(target: Path) -> None:
     if set(entries) != set(MAP_FILES):
         extra = sorted(set(entries) - set(MAP_FILES))
         reason = f"it holds {', '.join(extra[:5]) or 'too few files'}" if extra else "files are missing"
+    elif not (target / METADATA_FILE).is_file():  # a FIFO would block the read below
+        reason = "its map.json is not a regular file"
     else:
         try:
             metadata = json.loads((target / METADATA_FILE).read_text(encoding="utf-8"))
@@ -85,9 +88,9 @@ def write_map_directory(target: Path, payloads: dict[str, bytes], metadata: dict
     try:
         files = {}
         for name in PAYLOAD_FILES:
-            _write_synced(staging / name, payloads[name])
+            _write_synced(staging, target, name, payloads[name])
             files[name] = {"bytes": len(payloads[name]), "sha256": hashlib.sha256(payloads[name]).hexdigest()}
-        _write_synced(staging / METADATA_FILE,
+        _write_synced(staging, target, METADATA_FILE,
                       (json.dumps({"format_version": FORMAT_VERSION, **metadata, "files": files}, indent=2)
                        + "\n").encode("utf-8"))
         fsync_path(staging)
@@ -97,11 +100,15 @@ def write_map_directory(target: Path, payloads: dict[str, bytes], metadata: dict
     _swap_into_place(staging, target)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
+def _write_synced(staging: Path, target: Path, name: str, data: bytes) -> None:
+    """Write `name` in the staging folder; an error names the file where the user will look for it."""
+    try:
+        with open(staging / name, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(target / name)) from None
 
 
 def _recover_interrupted_save(target: Path) -> None:
@@ -138,10 +145,12 @@ class _Vanished(Exception):
     """A file disappeared between opening the directory and opening the file."""
 
 
-def read_map_directory(target: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+def read_map_directory(target: Path, size_limits: Callable[[dict[str, Any]], dict[str, int]]
+                       ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(map.json as parsed, payload bytes by file name) of one consistent map at `target`.
 
-    Format and per-file sizes (before reading) and hashes are verified; contents are not interpreted.
+    Format, per-file sizes (before reading: the recorded size and the most `size_limits(metadata)`
+    allows for each payload) and hashes are verified; contents are not interpreted.
     """
     for _ in range(READ_ATTEMPTS):
         source = _readable_directory(target)
@@ -157,7 +166,9 @@ def read_map_directory(target: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             for name in MAP_FILES:
                 files[name] = _open_in(target, directory, name)
             metadata = _parse_metadata(target, _read_open(target, METADATA_FILE, files[METADATA_FILE], None))
-            contents = {name: _read_open(target, name, files[name], _recorded_size(target, metadata, name))
+            limits = size_limits(metadata)
+            contents = {name: _read_open(target, name, files[name], _recorded_size(target, metadata, name),
+                                         limits.get(name))
                         for name in PAYLOAD_FILES}
         except _Vanished:
             if _still_at(source, directory):
@@ -186,19 +197,30 @@ def _readable_directory(target: Path) -> Path:
 
 def _open_in(target: Path, directory: int, name: str) -> int:
     try:
-        return os.open(name, os.O_RDONLY, dir_fd=directory)
+        # Non-blocking, so that opening a FIFO returns at once and is refused below instead of
+        # waiting forever for a writer; reads of a regular file ignore the flag.
+        descriptor = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=directory)
     except FileNotFoundError:
         raise _Vanished(name) from None
     except OSError as error:
         raise InputError(f"map {target}: cannot open {name} ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise InputError(f"map {target}: {name} is not a regular file (a FIFO, device or folder); "
+                         "expected the file a map save writes")
+    return descriptor
 
 
-def _read_open(target: Path, name: str, descriptor: int, expected_size: int | None) -> bytes:
+def _read_open(target: Path, name: str, descriptor: int, expected_size: int | None,
+               size_limit: int | None = None) -> bytes:
     """The whole file; its size is checked first, so nothing is read that is not recorded."""
     size = os.fstat(descriptor).st_size
     if expected_size is not None and size != expected_size:
         raise InputError(f"map {target}: {name} is truncated or corrupt: {size} bytes but map.json "
                          f"records {expected_size}")
+    if size_limit is not None and size > size_limit:
+        raise InputError(f"map {target}: {name} is {size} bytes, more than the {size_limit} that the "
+                         "count, dim and index structure in map.json allow")
     if name == METADATA_FILE and size > MAX_METADATA_BYTES:
         raise InputError(f"map {target}: map.json is {size} bytes; a map's map.json is a few hundred")
     try:
