@@ -12,6 +12,7 @@ from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import SpikformerStudent, StudentConfig
 from vl2spike_training.ablation import run_ablation
 from vl2spike_training.cli import main
+from vl2spike_training.compare import compare_table
 from vl2spike_training.config import load_config
 from vl2spike_training.data import as_float, load_class_folders, split_places, to_student_tensor
 from vl2spike_training.trainer import train_student
@@ -218,6 +219,10 @@ def test_twin_stage_in_train_and_in_the_seeded_ablation(tmp_path):
     assert summary["twin"]["checkpoint"] == str(tmp_path / "train" / "twin" / "twin.safetensors")
     assert "recall@1" in summary["twin"]["final"] and summary["twin"]["energy"]["ratio"] == pytest.approx(1.0)
     assert summary["config"]["run"]["init_checkpoint"] == summary["twin"]["checkpoint"]
+    table = compare_table([str(tmp_path / "train"), str(tmp_path / "train" / "twin")]).splitlines()
+    assert table[2].startswith("| train | integer | 0..2 | 1 | spikes | twin | task only | 1 |")
+    assert table[3].startswith("| twin | relu |  | 1 | spikes | scratch | task only | 1 |")
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
 
     report = run_ablation(load_config(None, tiny_overrides(tmp_path / "ablation", **data, **{
         "run.seeds": [0, 1]})), log=lambda _: None)

@@ -3,6 +3,7 @@
     vl2spike-train train  --config configs/training/default_student.yaml [--set optim.epochs=3 ...]
     vl2spike-train ablate --config configs/training/default_student.yaml [--set ...]
     vl2spike-train report --config CONFIG.yaml --checkpoint CKPT [--teacher ann:FILE] [--out FILE.json]
+    vl2spike-train compare RUN_DIR [RUN_DIR ...] [--test] [--out FILE.md]
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "report":
             command.add_argument("--checkpoint", required=True, help="runtime student checkpoint (.safetensors)")
             command.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    compare = commands.add_parser("compare", help="one markdown table of finished runs (validation figures; "
+                                                  "the test stretch with --test)")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding summary.json")
+    compare.add_argument("--test", action="store_true", help="add the test stretch's figures")
+    compare.add_argument("--out", default=None, help="also write the table to this file")
     return parser
 
 
@@ -38,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command_line = ["vl2spike-train", *argv]
     try:
+        if args.command == "compare":
+            from .compare import write_comparison
+
+            print(write_comparison(args.runs, args.test, args.out), end="")
+            return 0
         config = load_config(args.config, args.overrides)
         if args.command == "train":
             from .trainer import train_student
