@@ -56,6 +56,16 @@ def test_sequence_matching_recovers_a_route_single_frames_miss(encoder):
     assert results[7] == 17
 
 
+def test_sequence_matching_lists_only_references_it_could_score(encoder):
+    references = unit_rows(30, encoder.dim, seed=1)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=30, sequence_length=5)
+    for place in range(10, 15):
+        match = localizer.match_descriptor(references[place])
+    # Velocity 0.8 reaches back 3 references over five queries: references 0-2 lack a term there.
+    assert sorted(match.place_ids) == list(range(3, 30)) and np.isfinite(match.scores).all()
+    assert match.place_ids[0] == 14
+
+
 def test_mapping_mode_adds_only_novel_frames(encoder):
     place_map = PlaceMap(encoder.dim, encoder.fingerprint)
     localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.95)

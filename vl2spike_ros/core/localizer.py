@@ -28,7 +28,8 @@ class MapUpdateError(RuntimeError):
 @dataclass
 class Match:
     query_index: int
-    place_ids: list[int]          # best first; never -1 (an approximate index may find fewer than K)
+    place_ids: list[int]          # best first; never -1 (an approximate index may find fewer than K,
+                                  # sequence matching may score fewer)
     scores: list[float]           # same order; cosine similarity (sequence-averaged when L > 1)
     accepted: bool                # best score >= match_threshold
     latency_ms: float
@@ -161,6 +162,7 @@ class Localizer:
                 sequence_scores = self.sequence.push(similarity_row)
                 candidates = np.argpartition(-sequence_scores, k - 1)[:k]
                 ranked = candidates[np.argsort(-sequence_scores[candidates], kind="stable")]
+                ranked = ranked[np.isfinite(sequence_scores[ranked])]  # -inf: not scored (sequence.py)
                 place_ids = [int(i) for i in ranked]
                 scores = [float(sequence_scores[i]) for i in ranked]
         accepted = bool(scores) and scores[0] >= self.match_threshold
