@@ -66,6 +66,13 @@ def test_sequence_matching_lists_only_references_it_could_score(encoder):
     assert match.place_ids[0] == 14
 
 
+def test_sequence_matching_searches_exactly_whatever_the_index(encoder):
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "hnsw")
+    place_map.add(unit_rows(30, encoder.dim))
+    assert Localizer(encoder, place_map, sequence_length=1).search_index == "hnsw"
+    assert Localizer(encoder, place_map, sequence_length=3).search_index == "exact"
+
+
 def test_mapping_mode_adds_only_novel_frames(encoder):
     place_map = PlaceMap(encoder.dim, encoder.fingerprint)
     localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.95)

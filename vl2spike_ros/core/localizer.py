@@ -107,6 +107,12 @@ class Localizer:
         return self.sequence.length
 
     @property
+    def search_index(self) -> str:
+        """What ranks the places: the map's index for single frames; with sequences, exact
+        similarities to every place ("exact"), whatever the map's index kind."""
+        return self.place_map.index_kind if self.sequence.length == 1 else "exact"
+
+    @property
     def map_size(self) -> int:
         return len(self.place_map)
 
