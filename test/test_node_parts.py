@@ -78,6 +78,23 @@ def test_slot_take_waits_for_a_frame_and_close_releases_it():
     assert slot.take(0) == (2, 0)
 
 
+def test_a_frame_left_in_the_slot_at_close_is_a_drop_not_pending():
+    """Deactivate closes the slot with a frame the worker never took; after activate nothing is pending."""
+    slot = FrameSlot()
+    slot.put("taken")
+    slot.take(0)
+    slot.finish()
+    slot.put("left behind")
+    slot.close()
+    assert (slot.received, slot.dropped, slot.pending) == (2, 1, 0)
+    assert slot.take(0) is None
+    assert slot.put("while closed") is True and slot.pending == 0
+    slot.reopen()
+    assert slot.pending == 0
+    slot.put("next")
+    assert slot.take(0) == ("next", 0)  # drops from before the close start no gap after it
+
+
 def test_slot_under_a_fast_producer_never_holds_more_than_one():
     slot = FrameSlot()
     taken = []
