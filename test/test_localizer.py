@@ -162,6 +162,17 @@ def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
     assert len(place_map) == 0
 
 
+def test_a_keyframe_that_trains_the_index_says_so(encoder):
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq")
+    localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.99)
+    descriptors = unit_rows(512, encoder.dim, seed=7)
+    notes = [localizer.match_descriptor(descriptor).index_note for descriptor in descriptors]
+    assert len(place_map) == 512
+    assert {index: note for index, note in enumerate(notes) if note} == {
+        255: "map index ivfpq trained on 256 places: 6 lists, 6 probed per search",
+        511: "map index ivfpq retrained on 512 places: 13 lists, 13 probed per search"}
+
+
 def test_mapping_starts_from_an_empty_map_with_every_index_kind(encoder, tmp_path):
     """IVF-PQ included: an empty ivfpq map keeps keyframes exactly until it has enough to train."""
     checkpoint = encoder.info.path

@@ -35,6 +35,7 @@ class Match:
     latency_ms: float
     added_place_id: int | None = None  # mapping mode: the keyframe this frame became, if any
     best_place: Place | None = None    # metadata of place_ids[0]
+    index_note: str | None = None      # for the log: the keyframe made the map (re)train its index
 
     @property
     def best_place_id(self) -> int | None:
@@ -173,12 +174,23 @@ class Localizer:
                 scores = [float(sequence_scores[i]) for i in ranked]
         accepted = bool(scores) and scores[0] >= self.match_threshold
         best_place = self.place_map.places[place_ids[0]] if place_ids else None
-        added = None
+        added, index_note = None, None
         if self.mode == "map" and (not len(self.place_map) or best_single < self.novelty_threshold):
+            trained_before = self.place_map.trained_count
             added = self.add_keyframe(descriptor, source, stamp, frame=query_index)
+            index_note = self._training_note(trained_before)
         return Match(query_index=query_index, place_ids=place_ids, scores=scores, accepted=accepted,
                      latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added,
-                     best_place=best_place)
+                     best_place=best_place, index_note=index_note)
+
+    def _training_note(self, trained_before: int) -> str | None:
+        """A line for the log when the last keyframe made the map train its IVF-PQ index again."""
+        trained = self.place_map.trained_count
+        if trained == trained_before:
+            return None
+        options = self.place_map.index_options
+        return (f"map index {self.place_map.index_kind} {'retrained' if trained_before else 'trained'} on "
+                f"{trained} places: {options['nlist']} lists, {options['nprobe']} probed per search")
 
     def add_keyframe(self, descriptor: np.ndarray, source: str = "", stamp: float | None = None,
                      frame: int | None = None) -> int:
