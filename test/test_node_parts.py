@@ -13,7 +13,7 @@ from vl2spike_ros.ros.frame_slot import FrameSlot
 from vl2spike_ros.ros.match_image import THUMBNAIL_HEIGHT, ReferenceImages, match_picture
 from vl2spike_ros.ros.match_message import match_json
 from vl2spike_ros.ros.node_diagnostics import NodeStats, StatusReporter, diagnostic_values, percentiles
-from vl2spike_ros.ros.parameters import PARAMETERS, check_parameter
+from vl2spike_ros.ros.parameters import PARAMETER_SPECS, PARAMETERS, check_parameter
 
 
 def test_parameter_table_defaults_are_valid():
@@ -25,6 +25,18 @@ def test_parameter_table_defaults_are_valid():
     for spec in PARAMETERS:
         assert check_parameter(spec.name, spec.default) is None, spec.name
         assert spec.description
+
+
+def test_the_node_takes_one_core_unless_told_otherwise():
+    """A robot computer runs other nodes: FAISS, torch and onnxruntime left at their defaults spin on every core."""
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    spec = PARAMETER_SPECS["num_threads"]
+    shipped = yaml.safe_load((REPO_ROOT / "config" / "vpr.yaml").read_text())["/**"]["ros__parameters"]
+    assert spec.default == shipped["num_threads"] == 1
+    assert "raise it" in spec.description
 
 
 @pytest.mark.parametrize("name, value, fragment", [
