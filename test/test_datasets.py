@@ -39,6 +39,37 @@ def test_nordland_layout_in_name_order_with_frame_numbers(tmp_path: Path, photo_
     assert sequence.check_uniform_size() == (32, 64)
 
 
+def test_unpadded_frame_numbers_are_ordered_by_number_not_by_name(tmp_path: Path, photo_crops):
+    names = ("frame1.png", "frame10.png", "frame100.png", "frame11.png", "frame2.png")
+    images = dict(zip(names, photo_crops + [photo_crops[0][::-1].copy()]))
+    for name, rgb in images.items():
+        write_rgb(tmp_path / name, rgb)
+    sequence = ImageFolderSequence(tmp_path)
+    assert [(frame.index, frame.frame) for frame in sequence.frames] == [(0, 1), (1, 2), (2, 10), (3, 11), (4, 100)]
+    for frame, image in sequence:
+        assert np.array_equal(image, images[frame.source])
+
+
+def test_two_files_with_one_frame_number_are_refused_by_name(tmp_path: Path, photo_crops):
+    for name, rgb in zip(("img1.png", "img2.png", "img01.png"), photo_crops):
+        write_rgb(tmp_path / name, rgb)
+    with pytest.raises(InputError, match=r"img01\.png and img1\.png both have frame number 1; "
+                                         "expected one image per frame number"):
+        ImageFolderSequence(tmp_path)
+
+
+def test_cli_refuses_a_folder_with_one_frame_number_twice_in_one_line(tmp_path: Path, photo_crops, capsys):
+    from vl2spike_ros.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, rgb in zip(("images-7.png", "images-007.png"), photo_crops):
+        write_rgb(folder / name, rgb)
+    assert main(["build-map", "--images", str(folder), "--out", str(tmp_path / "map")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "images-007.png and images-7.png both have frame number 7" in error
+
+
 def test_frame_numbers_fall_back_to_indices_unless_all_names_have_them(tmp_path: Path, photo_crops):
     for name, rgb in zip(("a7.jpg", "b.jpg", "c3.jpg"), photo_crops):
         write_rgb(tmp_path / name, rgb)

@@ -56,6 +56,23 @@ def test_sequence_matching_recovers_a_route_single_frames_miss(encoder):
     assert results[7] == 17
 
 
+def test_sequence_matching_lists_only_references_it_could_score(encoder):
+    references = unit_rows(30, encoder.dim, seed=1)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=30, sequence_length=5)
+    for place in range(10, 15):
+        match = localizer.match_descriptor(references[place])
+    # Velocity 0.8 reaches back 3 references over five queries: references 0-2 lack a term there.
+    assert sorted(match.place_ids) == list(range(3, 30)) and np.isfinite(match.scores).all()
+    assert match.place_ids[0] == 14
+
+
+def test_sequence_matching_searches_exactly_whatever_the_index(encoder):
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "hnsw")
+    place_map.add(unit_rows(30, encoder.dim))
+    assert Localizer(encoder, place_map, sequence_length=1).search_index == "hnsw"
+    assert Localizer(encoder, place_map, sequence_length=3).search_index == "exact"
+
+
 def test_mapping_mode_adds_only_novel_frames(encoder):
     place_map = PlaceMap(encoder.dim, encoder.fingerprint)
     localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.95)
@@ -143,6 +160,17 @@ def test_a_keyframe_the_map_refuses_is_a_map_error(encoder):
     with pytest.raises(MapUpdateError, match="refused a keyframe"):
         localizer.match_descriptor(descriptor, "frame")
     assert len(place_map) == 0
+
+
+def test_a_keyframe_that_trains_the_index_says_so(encoder):
+    place_map = PlaceMap(encoder.dim, encoder.fingerprint, "ivfpq")
+    localizer = Localizer(encoder, place_map, mode="map", novelty_threshold=0.99)
+    descriptors = unit_rows(512, encoder.dim, seed=7)
+    notes = [localizer.match_descriptor(descriptor).index_note for descriptor in descriptors]
+    assert len(place_map) == 512
+    assert {index: note for index, note in enumerate(notes) if note} == {
+        255: "map index ivfpq trained on 256 places: 6 lists, 6 probed per search",
+        511: "map index ivfpq retrained on 512 places: 13 lists, 13 probed per search"}
 
 
 def test_mapping_starts_from_an_empty_map_with_every_index_kind(encoder, tmp_path):

@@ -13,7 +13,7 @@ from vl2spike_ros.ros.frame_slot import FrameSlot
 from vl2spike_ros.ros.match_image import THUMBNAIL_HEIGHT, ReferenceImages, match_picture
 from vl2spike_ros.ros.match_message import match_json
 from vl2spike_ros.ros.node_diagnostics import NodeStats, StatusReporter, diagnostic_values, percentiles
-from vl2spike_ros.ros.parameters import PARAMETERS, check_parameter
+from vl2spike_ros.ros.parameters import PARAMETER_SPECS, PARAMETERS, check_parameter
 
 
 def test_parameter_table_defaults_are_valid():
@@ -25,6 +25,18 @@ def test_parameter_table_defaults_are_valid():
     for spec in PARAMETERS:
         assert check_parameter(spec.name, spec.default) is None, spec.name
         assert spec.description
+
+
+def test_the_node_takes_one_core_unless_told_otherwise():
+    """A robot computer runs other nodes: FAISS, torch and onnxruntime left at their defaults spin on every core."""
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    spec = PARAMETER_SPECS["num_threads"]
+    shipped = yaml.safe_load((REPO_ROOT / "config" / "vpr.yaml").read_text())["/**"]["ros__parameters"]
+    assert spec.default == shipped["num_threads"] == 1
+    assert "raise it" in spec.description
 
 
 @pytest.mark.parametrize("name, value, fragment", [
@@ -76,6 +88,23 @@ def test_slot_take_waits_for_a_frame_and_close_releases_it():
     slot.reopen()
     slot.put(2)
     assert slot.take(0) == (2, 0)
+
+
+def test_a_frame_left_in_the_slot_at_close_is_a_drop_not_pending():
+    """Deactivate closes the slot with a frame the worker never took; after activate nothing is pending."""
+    slot = FrameSlot()
+    slot.put("taken")
+    slot.take(0)
+    slot.finish()
+    slot.put("left behind")
+    slot.close()
+    assert (slot.received, slot.dropped, slot.pending) == (2, 1, 0)
+    assert slot.take(0) is None
+    assert slot.put("while closed") is True and slot.pending == 0
+    slot.reopen()
+    assert slot.pending == 0
+    slot.put("next")
+    assert slot.take(0) == ("next", 0)  # drops from before the close start no gap after it
 
 
 def test_slot_under_a_fast_producer_never_holds_more_than_one():

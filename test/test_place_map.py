@@ -128,6 +128,57 @@ def test_ivfpq_started_empty_takes_one_keyframe_at_a_time_and_trains_when_it_can
     assert PlaceMap.load(tmp_path / "trained").index_structure == "ivfpq"
 
 
+def test_ivfpq_grown_one_keyframe_at_a_time_retrains_as_it_grows(tmp_path):
+    """Trained once at 256 places, a map grown to Nordland's 1,892 kept 6 lists, every one probed:
+    an exhaustive scan. Retraining at each doubling (512, 1024) chooses the lists from the map again."""
+    vectors = unit_vectors(1892, 32, seed=5)
+    batch = PlaceMap(32, FINGERPRINT, "ivfpq")
+    batch.add(vectors)
+    assert (batch.trained_count, batch.index_options["nlist"]) == (1892, 43)
+    grown = PlaceMap(32, FINGERPRINT, "ivfpq")
+    trainings = []
+    for row in range(len(vectors)):
+        grown.add(vectors[row:row + 1])
+        if grown.trained_count != (trainings[-1] if trainings else 0):
+            trainings.append(grown.trained_count)
+    assert trainings == [256, 512, 1024]
+    options = grown.index_options
+    assert options["nlist"] == 26 and options["nlist"] >= batch.index_options["nlist"] / 2
+    assert options["nprobe"] == 16 < options["nlist"]  # a search probes some lists, not all
+    _, found = grown.search(vectors[:100], k=1)
+    assert np.mean(found[:, 0] == np.arange(100)) > 0.9
+
+
+def test_ivfpq_retraining_keeps_given_options_and_survives_save_and_load(tmp_path):
+    vectors = unit_vectors(1300, 32, seed=6)
+    chosen = PlaceMap(32, FINGERPRINT, "ivfpq")
+    chosen.add(vectors[:600])  # trained on 600 places: nlist 15
+    chosen.set_search_options(nprobe=4)
+    chosen.save(tmp_path / "chosen")
+    assert json.loads((tmp_path / "chosen" / "map.json").read_text())["index_training"] == {
+        "count": 600, "options_from_data": ["m", "nlist"]}
+    loaded = PlaceMap.load(tmp_path / "chosen")
+    assert (loaded.trained_count, loaded.index_options["nlist"]) == (600, 15)
+    loaded.add(vectors[600:1199])
+    assert loaded.trained_count == 600
+    loaded.add(vectors[1199:1200])  # twice 600: the lists are chosen again, the nprobe asked for kept
+    assert (loaded.trained_count, loaded.index_options["nlist"], loaded.index_options["nprobe"]) == (1200, 30, 4)
+
+    fixed = PlaceMap(32, FINGERPRINT, "ivfpq", nlist=8)
+    for start in range(0, 1300, 100):
+        fixed.add(vectors[start:start + 100])
+    assert (fixed.trained_count, fixed.index_options["nlist"]) == (1200, 8)
+
+
+def test_a_map_json_with_a_bad_training_record_is_refused(tmp_path):
+    built_map("ivfpq").save(tmp_path / "map")
+    metadata = json.loads((tmp_path / "map" / "map.json").read_text())
+    for training in ({"count": 301, "options_from_data": []}, {"count": 300, "options_from_data": ["M"]}, "all"):
+        (tmp_path / "map" / "map.json").write_text(json.dumps({**metadata, "index_training": training}))
+        with pytest.raises(InputError, match=r"map.json index_training must hold count in \[1, 300\]"):
+            PlaceMap.load(tmp_path / "map")
+
+
 def test_ivfpq_nprobe_changes_without_rebuilding_and_probing_more_lists_agrees_more(tmp_path):
     """Revisits (places perturbed to cosine ~0.8) miss their place when its IVF list is not probed."""
     places = unit_vectors(3000, 32, seed=3)
@@ -298,7 +349,7 @@ def test_save_replaces_an_old_map_but_not_other_directories(tmp_path):
 def as_format_1(map_dir: Path) -> None:
     """Rewrite a saved map's map.json as format 1 wrote it (no file sizes or hashes)."""
     metadata = json.loads((map_dir / "map.json").read_text())
-    for key in ("files", "index_structure"):
+    for key in ("files", "index_structure", "index_training"):
         del metadata[key]
     (map_dir / "map.json").write_text(json.dumps({**metadata, "format_version": 1}))
 

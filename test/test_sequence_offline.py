@@ -37,3 +37,11 @@ def test_bad_arguments_are_refused():
         sequence_top_k(rows, 4, 0, k=1)
     with pytest.raises(InputError, match="chunk_rows must be a positive integer"):
         sequence_top_k(rows, 4, 2, k=1, chunk_rows=0)
+
+
+def test_references_without_a_score_come_back_as_minus_one():
+    similarity = np.full((4, 5), 0.5, dtype=np.float32)
+    scores, ids = sequence_top_k(lambda start, stop: similarity[start:stop], 4, 4, k=5, velocities=(1.0,))
+    # Query 3's sequence reaches back three references: only reference 3 and 4 have every term.
+    np.testing.assert_array_equal(ids[3], [3, 4, -1, -1, -1])
+    assert scores[3, 0] == pytest.approx(0.5) and (scores[3, 2:] == -np.inf).all()

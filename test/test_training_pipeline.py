@@ -14,7 +14,8 @@ from vl2spike_training.ablation import run_ablation
 from vl2spike_training.cli import main
 from vl2spike_training.compare import compare_table
 from vl2spike_training.config import load_config
-from vl2spike_training.data import as_float, load_class_folders, split_places, to_student_tensor
+from vl2spike_training.data import (as_float, load_class_folders, load_place_traverses, split_places,
+                                    to_student_tensor)
 from vl2spike_training.trainer import train_student
 
 from training_fixtures import TINY_STUDENT, write_class_folders, write_tiny_clip, write_traverses
@@ -59,6 +60,27 @@ def test_place_split_keeps_neighbours_apart():
     distance = np.abs(split.train[:, None] - split.heldout[None, :]).min()
     assert distance > 2
     assert set(split.heldout) == set(range(300, 400)) | set(range(700, 800)) | set(range(1100, 1200)) | set(range(1500, 1600))
+
+
+def test_traverses_pair_by_frame_number_in_route_order(tmp_path):
+    """Unpadded names spelt differently in the two traverses: row i of both is one frame number."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    summer = {number: rng.integers(0, 255, (32, 64, 3), dtype=np.uint8) for number in (1, 2, 10, 11)}
+    winter = {number: image // 2 for number, image in summer.items()}  # the same places, darker
+    for folder, names in (("summer", {1: "frame1", 2: "frame2", 10: "frame10"}),
+                          ("winter", {2: "img_2", 10: "img_10", 11: "img_11"})):
+        (tmp_path / folder).mkdir()
+        for number, name in names.items():
+            image = (summer if folder == "summer" else winter)[number]
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    traverses = load_place_traverses(tmp_path / "summer", tmp_path / "winter", StudentConfig(**TINY_STUDENT))
+    assert traverses.frames.tolist() == [2, 10]
+    assert traverses.names == ["frame2.png", "frame10.png"]
+    for row, number in enumerate((2, 10)):
+        assert np.array_equal(traverses.reference_raw[row], summer[number])
+        assert np.array_equal(traverses.query_raw[row], winter[number])
 
 
 def test_training_preprocessing_matches_the_runtime_encoder(tmp_path):

@@ -13,12 +13,25 @@ from vl2spike_training.ablation import run_ablation
 from vl2spike_training.augmentation import augment
 from vl2spike_training.config import load_config
 from vl2spike_training.data import split_route_tail
+from vl2spike_training.evaluation import recall_from_embeddings
+from vl2spike_ros.evaluation.baselines import evaluate_similarity
+from vl2spike_ros.evaluation.metrics import RECALL_KS
 from vl2spike_training.trainer import train_student
 
 from test_training_pipeline import tiny_overrides
 from training_fixtures import write_traverses
 
 NORDLAND_FRAMES = np.arange(210, 24001, 10)
+
+
+def test_training_recall_is_the_runtime_recall():
+    rng = np.random.default_rng(0)
+    reference = torch.nn.functional.normalize(torch.randn(60, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    query = torch.nn.functional.normalize(reference + 0.4 * torch.from_numpy(rng.normal(size=(60, 16))).float(), dim=1)
+    frames = np.arange(60) * 10
+    runtime = evaluate_similarity((query @ reference.T).numpy(), frames, frames, tolerance=10).metrics
+    assert recall_from_embeddings(query, reference, frames, 10) == {
+        f"recall@{k}": runtime[f"recall@{k}"] for k in RECALL_KS}
 
 
 def test_route_tail_split_keeps_the_test_stretch_out_of_every_choice():

@@ -43,14 +43,18 @@ def compare_table(run_dirs: list[str], with_test: bool = False) -> str:
     for run_dir in run_dirs:
         summary = _summary(run_dir)
         final, energy = summary["final"], summary["energy"]
-        row = [Path(run_dir).name, *_describe(summary), f"{final['recall@1']:.1f}%", f"{final['recall@5']:.1f}%",
+        row = [Path(run_dir).name, *_describe(summary), _percent(final, "recall@1"), _percent(final, "recall@5"),
                f"{final['eval_spike_rate']:.3f}", f"{energy['ratio']:.3f}", f"{energy['snn_energy_pj'] * 1e-6:.2f}"]
         if with_test:
             test = summary["splits"]["test"]["student"]
-            row += [f"{test['L1']['recall@1']:.1f}%", f"{test['L1']['recall@5']:.1f}%",
-                    f"{test['L10']['recall@1']:.1f}%"]
+            row += [_percent(test["L1"], "recall@1"), _percent(test["L1"], "recall@5"), _percent(test["L10"], "recall@1")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _percent(figures: dict, key: str) -> str:
+    """A figure, or a dash where the run has none (Recall@5 of fewer than 5 places)."""
+    return f"{figures[key]:.1f}%" if key in figures else "–"
 
 
 def write_comparison(run_dirs: list[str], with_test: bool, out: str | None) -> str:

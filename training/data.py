@@ -32,10 +32,10 @@ def as_float(batch: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PlaceTraverses:
-    """Two traverses of one route; row i of both is the same place."""
+    """Two traverses of one route; row i of both is the same place (the same frame number)."""
 
-    names: list[str]              # file names shared by both traverses, in route order
-    frames: np.ndarray            # original frame numbers, int64 [P]
+    names: list[str]              # reference file names, in route order
+    frames: np.ndarray            # frame numbers both traverses have, int64 [P]
     reference_raw: list[np.ndarray]  # RGB uint8 at native size (what a teacher sees)
     query_raw: list[np.ndarray]
     reference: torch.Tensor       # uint8 [P, C, H, W] at the student's size
@@ -50,17 +50,18 @@ def load_place_traverses(reference_dir: str | Path, query_dir: str | Path, confi
     if not reference_dir or not query_dir:
         raise InputError("place data: set data.reference and data.query to two image folders "
                          "(e.g. nordland64/summer and nordland64/winter)")
+    # Paired by frame number, as evaluation's ground truth pairs them, in the folders' route order.
     reference = ImageFolderSequence(reference_dir)
     query = ImageFolderSequence(query_dir)
-    query_index = {frame.source: frame.index for frame in query.frames}
-    shared = [frame for frame in reference.frames if frame.source in query_index]
+    query_index = {frame.frame: frame.index for frame in query.frames}
+    shared = [frame for frame in reference.frames if frame.frame in query_index]
     if len(shared) < 2:
-        raise InputError(f"place data: {reference_dir} and {query_dir} share {len(shared)} file "
-                         "names; expected frame-aligned traverses (same name = same place)")
+        raise InputError(f"place data: {reference_dir} and {query_dir} share {len(shared)} frame "
+                         "numbers; expected frame-aligned traverses (same frame number = same place)")
     if max_places:
         shared = shared[:max_places]
     reference_raw = [reference.read(frame.index) for frame in shared]
-    query_raw = [query.read(query_index[frame.source]) for frame in shared]
+    query_raw = [query.read(query_index[frame.frame]) for frame in shared]
     return PlaceTraverses(
         names=[frame.source for frame in shared],
         frames=np.array([frame.frame for frame in shared], dtype=np.int64),

@@ -1,5 +1,6 @@
-"""Held-out figures used during and after training: place Recall@K and classification accuracy,
-plus the eval-mode spike rate (design §4: a student can fall silent in eval mode)."""
+"""Held-out figures used during and after training: place Recall@K (through the runtime's metrics)
+and classification accuracy, plus the eval-mode spike rate (design §4: a student can fall silent in
+eval mode)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,13 +8,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vl2spike_ros.evaluation.metrics import frame_tolerance_positives, recall_at_k
+from vl2spike_ros.evaluation.baselines import evaluate_similarity
+from vl2spike_ros.evaluation.metrics import RECALL_KS
 from vl2spike_ros.model.neurons import is_neuron
 
 from .calibration import recalibrate_batchnorm
 from .data import PlaceTraverses, as_float
-
-RECALL_KS = (1, 5, 10)
 
 
 def embed_in_batches(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -33,12 +33,9 @@ def place_recall(embed: Callable[[torch.Tensor], torch.Tensor], traverses: Place
 
 def recall_from_embeddings(query: torch.Tensor, reference: torch.Tensor, frames: np.ndarray,
                            tolerance_frames: int) -> dict[str, float]:
-    similarity = query @ reference.T
-    depth = min(max(RECALL_KS), reference.shape[0])
-    ranked = similarity.topk(depth, dim=1).indices.numpy()
-    positives = frame_tolerance_positives(frames, frames, tolerance_frames)
-    recalls = recall_at_k(ranked, positives, [k for k in RECALL_KS if k <= depth])
-    return {f"recall@{k}": value for k, value in recalls.items()}
+    """The runtime's Recall@K of query row i against reference rows, both at `frames` (one place per row)."""
+    metrics = evaluate_similarity((query @ reference.T).numpy(), frames, frames, tolerance_frames).metrics
+    return {f"recall@{k}": metrics[f"recall@{k}"] for k in RECALL_KS}
 
 
 class SpikeRateMeter:

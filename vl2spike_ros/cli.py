@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build-map", help="encode a reference traverse into a place map",
                                 description="Encode a folder or rosbag2 of images into a place map "
-                                            "directory; place ids are 0-based in file-name order.")
+                                            "directory; place ids are 0-based in frame-number order "
+                                            "(file-name order where not every name ends in a number).")
     build.add_argument("--images", required=True, help="image folder (Nordland layout) or rosbag2")
     build.add_argument("--topic", default=None, help="image topic when --images is a bag with several")
     build.add_argument("--out", required=True, help="map directory to write")

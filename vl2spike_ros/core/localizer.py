@@ -30,12 +30,14 @@ class MapUpdateError(RuntimeError):
 @dataclass
 class Match:
     query_index: int
-    place_ids: list[int]          # best first; never -1 (an approximate index may find fewer than K)
+    place_ids: list[int]          # best first; never -1 (an approximate index may find fewer than K,
+                                  # sequence matching may score fewer)
     scores: list[float]           # same order; cosine similarity (sequence-averaged when L > 1)
     accepted: bool                # best score >= match_threshold
     latency_ms: float
     added_place_id: int | None = None  # mapping mode: the keyframe this frame became, if any
     best_place: Place | None = None    # metadata of place_ids[0]
+    index_note: str | None = None      # for the log: the keyframe made the map (re)train its index
 
     @property
     def best_place_id(self) -> int | None:
@@ -109,6 +111,12 @@ class Localizer:
         return self.sequence.length
 
     @property
+    def search_index(self) -> str:
+        """What ranks the places: the map's index for single frames; with sequences, exact
+        similarities to every place ("exact"), whatever the map's index kind."""
+        return self.place_map.index_kind if self.sequence.length == 1 else "exact"
+
+    @property
     def map_size(self) -> int:
         return len(self.place_map)
 
@@ -164,16 +172,28 @@ class Localizer:
                 sequence_scores = self.sequence.push(similarity_row)
                 candidates = np.argpartition(-sequence_scores, k - 1)[:k]
                 ranked = candidates[np.argsort(-sequence_scores[candidates], kind="stable")]
+                ranked = ranked[np.isfinite(sequence_scores[ranked])]  # -inf: not scored (sequence.py)
                 place_ids = [int(i) for i in ranked]
                 scores = [float(sequence_scores[i]) for i in ranked]
         accepted = bool(scores) and scores[0] >= self.match_threshold
         best_place = self.place_map.places[place_ids[0]] if place_ids else None
-        added = None
+        added, index_note = None, None
         if self.mode == "map" and (not len(self.place_map) or best_single < self.novelty_threshold):
+            trained_before = self.place_map.trained_count
             added = self.add_keyframe(descriptor, source, stamp, frame=query_index)
+            index_note = self._training_note(trained_before)
         return Match(query_index=query_index, place_ids=place_ids, scores=scores, accepted=accepted,
                      latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added,
-                     best_place=best_place)
+                     best_place=best_place, index_note=index_note)
+
+    def _training_note(self, trained_before: int) -> str | None:
+        """A line for the log when the last keyframe made the map train its IVF-PQ index again."""
+        trained = self.place_map.trained_count
+        if trained == trained_before:
+            return None
+        options = self.place_map.index_options
+        return (f"map index {self.place_map.index_kind} {'retrained' if trained_before else 'trained'} on "
+                f"{trained} places: {options['nlist']} lists, {options['nprobe']} probed per search")
 
     def add_keyframe(self, descriptor: np.ndarray, source: str = "", stamp: float | None = None,
                      frame: int | None = None) -> int:

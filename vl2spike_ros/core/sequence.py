@@ -3,8 +3,15 @@
 A query q matches reference n well when the recent queries q, q-1, ..., q-L+1 also match the
 references the robot would have passed: n, n - round(v), ..., n - round(v*(L-1)) for a velocity v
 (references per query). The score of (q, n) is the mean of those similarities, maximised over a
-few velocities. Terms that fall before the first query or outside the map are skipped, so early
-queries and map edges are scored on the terms that exist.
+few velocities.
+
+Every candidate of a query is scored on the same evidence: the query's sequence holds the last L
+queries (fewer only right after the start or a reset, and then equally few for every reference),
+and a velocity scores reference n only where all of its terms exist. A sequence that would reach
+before the map's first reference, or to a reference that the map did not hold yet at that query
+(mapping mode), leaves n unscored at that velocity; n scored at no velocity gets -inf. A mean over
+fewer terms varies more, so it would let the map's first references (and the newest keyframes)
+win on noise.
 
 We score raw cosine similarities, without SeqSLAM's local contrast normalisation: descriptors from
 the distilled encoder are already comparable across the map, and raw scores keep one match
@@ -47,8 +54,8 @@ def sequence_scores(
                 total[step:, low:high] += matrix[: num_queries - step, low - offset : high - offset]
                 terms_by_steps[step:, low:high] += 1
         steps_taken = np.minimum(np.arange(num_queries), len(offsets) - 1)
-        total /= terms_by_steps[steps_taken]
-        np.maximum(best, total, out=best)
+        terms = terms_by_steps[steps_taken]
+        np.maximum(best, _complete_means(total, terms, (steps_taken + 1)[:, np.newaxis]), out=best)
     return best
 
 
@@ -56,7 +63,8 @@ def sequence_top_k(
     similarity_rows: Callable[[int, int], Any], num_queries: int, length: int, k: int,
     velocities: Sequence[float] = DEFAULT_VELOCITIES, chunk_rows: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best k sequence scores and reference ids, float32 / int64 [Q, k], of a whole query traverse.
+    """Best k sequence scores and reference ids, float32 / int64 [Q, k], of a whole query traverse;
+    id -1 and score -inf where a query has fewer than k scored references.
 
     `similarity_rows(start, stop)` gives the similarities [stop - start, N] of those queries to
     every reference (e.g. `lambda a, b: queries[a:b] @ references.T`). Equal to ranking each row of
@@ -82,16 +90,18 @@ def sequence_top_k(
         candidates = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
         order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
         ranked = np.take_along_axis(candidates, order, axis=1)
-        top_ids[start:stop] = ranked
-        top_scores[start:stop] = np.take_along_axis(scores, ranked, axis=1)
+        ranked_scores = np.take_along_axis(scores, ranked, axis=1)
+        top_ids[start:stop] = np.where(np.isfinite(ranked_scores), ranked, -1)
+        top_scores[start:stop] = ranked_scores
     return top_scores, top_ids
 
 
 class SequenceMatcher:
     """Online sequence matching: push one similarity row per query, get that query's sequence scores.
 
-    The map may grow between pushes (mapping mode); older rows then lack the new references and
-    those terms are skipped. A shrinking row means another map: call `reset()` first.
+    The map may grow between pushes (mapping mode); a sequence that needs a reference an older row
+    lacks leaves that candidate unscored (-inf) at that velocity. A shrinking row means another map:
+    call `reset()` first.
     """
 
     def __init__(self, length: int, velocities: Sequence[float] = DEFAULT_VELOCITIES) -> None:
@@ -129,9 +139,13 @@ class SequenceMatcher:
                 if low < high:
                     total[low:high] += past_row[low - offset : high - offset]
                     terms[low:high] += 1
-            total /= terms
-            np.maximum(best, total, out=best)
+            np.maximum(best, _complete_means(total, terms, len(self._recent_rows)), out=best)
         return best
+
+
+def _complete_means(total: np.ndarray, terms: np.ndarray, steps: Any) -> np.ndarray:
+    """total / terms where all `steps` terms exist, -inf where some are missing (see the module doc)."""
+    return np.where(terms == steps, total / terms, np.float32(-np.inf)).astype(np.float32, copy=False)
 
 
 def _offset_rows(length: int, velocities: Sequence[float]) -> list[tuple[int, ...]]:

@@ -74,6 +74,7 @@ def evaluate_similarity(similarity: np.ndarray, query_frames, reference_frames, 
     depth = min(max(RECALL_KS), scores.shape[1])
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
     ranked_scores = np.take_along_axis(scores, ranked, axis=1)
+    ranked[~np.isfinite(ranked_scores)] = -1  # references sequence matching could not score
     positives = frame_tolerance_positives(query_frames, reference_frames, tolerance)
     metrics = evaluate_rankings(ranked, ranked_scores[:, 0], positives)
     top1_correct = positives.hits(ranked[:, :1])[:, 0]

@@ -123,7 +123,8 @@ def evaluate_descriptors(encoder: DescriptorEncoder, place_map: PlaceMap, query_
     top1_correct = positives.hits(ranked_ids[:, :1])[:, 0]  # -1 (no result) is never a hit
     precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.has_positive)
     metrics.update(sequence_length=sequence_length, checkpoint_fingerprint=encoder.fingerprint,
-                   index=place_map.index_kind, matching_ms_per_query=round(matching_ms, 4))
+                   index=localizer.search_index, map_index=place_map.index_kind,
+                   matching_ms_per_query=round(matching_ms, 4))
     return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores,
                             precision=precision, recall=recall)
 

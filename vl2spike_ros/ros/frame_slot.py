@@ -22,9 +22,13 @@ class FrameSlot:
         self._dropped_at_last_take = 0
 
     def put(self, item: Any) -> bool:
-        """Stores `item`; returns True when it replaced a frame nobody had taken (a drop)."""
+        """Stores `item`; returns True when it replaced a frame nobody had taken (a drop). A closed
+        slot drops `item` itself: nobody will take it."""
         with self._condition:
             self.received += 1
+            if self._closed:
+                self.dropped += 1
+                return True
             replaced = self._full
             if replaced:
                 self.dropped += 1
@@ -36,9 +40,7 @@ class FrameSlot:
         """(newest frame, frames dropped since the previous take), or None after `timeout` seconds
         or once closed."""
         with self._condition:
-            if not self._condition.wait_for(lambda: self._full or self._closed, timeout):
-                return None
-            if self._closed and not self._full:
+            if not self._condition.wait_for(lambda: self._full or self._closed, timeout) or not self._full:
                 return None
             item, self._item, self._full = self._item, None, False
             skipped, self._dropped_at_last_take = self.dropped - self._dropped_at_last_take, self.dropped
@@ -56,11 +58,16 @@ class FrameSlot:
             return self.received - self.dropped - self.finished
 
     def close(self) -> None:
+        """Releases a waiting `take`; a frame nobody took is discarded and counted as a drop, so
+        that `pending` does not count it while the consumer is gone."""
         with self._condition:
-            self._closed = True
+            if self._full:
+                self.dropped += 1
+            self._closed, self._item, self._full = True, None, False
             self._condition.notify_all()
 
     def reopen(self) -> None:
+        """Takes frames again; drops from before the close are not reported to the next `take`."""
         with self._condition:
-            self._closed, self._item, self._full = False, None, False
+            self._closed = False
             self._dropped_at_last_take = self.dropped

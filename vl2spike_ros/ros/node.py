@@ -21,6 +21,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -284,19 +285,27 @@ class VprNode(LifecycleNode):
     def _process(self, message: Any, frames_skipped: int) -> None:
         rgb = image_messages.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
         stamp = message.header.stamp
+        started = time.perf_counter()  # latency_ms counts encoding and matching, as Localizer.localize
+        # The localizer stays while the worker runs (cleanup and configure wait for deactivate, which
+        # joins the worker), so encoding, the bulk of a frame, needs no lock; matching changes the
+        # sequence and the map, which services and parameters also touch.
+        localizer = self._localizer
+        if localizer is None:
+            return
+        descriptor = localizer.encoder.encode_one(rgb)
         with self._lock:
-            localizer = self._localizer
-            if localizer is None:
-                return
-            match = localizer.localize(rgb, source=f"{self._image_topic}@{stamp.sec}.{stamp.nanosec:09d}",
-                                       stamp=stamp.sec + stamp.nanosec * 1e-9, frames_skipped=frames_skipped)
+            match = localizer.match_descriptor(
+                descriptor, source=f"{self._image_topic}@{stamp.sec}.{stamp.nanosec:09d}",
+                stamp=stamp.sec + stamp.nanosec * 1e-9, frames_skipped=frames_skipped, started=started)
             if match.added_place_id is not None:
                 self._references.remember(match.added_place_id, rgb)
             body = match_json(match, stamp.sec, stamp.nanosec, message.header.frame_id, localizer.mode,
                               localizer.map_size)
-            picture = (match_picture(rgb, match, self._references)
-                       if self._vpr_settings["publish_match_image"]
-                       and self._vpr_pubs["match_image"].get_subscription_count() > 0 else None)
+        if match.index_note:
+            self.get_logger().info(match.index_note)
+        picture = (match_picture(rgb, match, self._references)
+                   if self._vpr_settings["publish_match_image"]
+                   and self._vpr_pubs["match_image"].get_subscription_count() > 0 else None)
         self._vpr_stats.record_match(match)
         self._vpr_pubs["match"].publish(String(data=json.dumps(body)))
         if match.pose is not None:

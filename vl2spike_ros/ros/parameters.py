@@ -52,7 +52,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("backend", AUTO, "where the student runs; same descriptors, same maps ('auto': "
                   "onnxruntime, exported on first use into the user cache, or torch where that cannot start)",
                   read_only=True, choices=backend_names()),
-    ParameterSpec("num_threads", 0, "CPU threads of torch, onnxruntime and FAISS (0: their defaults, all cores)",
+    ParameterSpec("num_threads", 1, "CPU threads of torch, onnxruntime and FAISS in this node. 1 leaves the "
+                  "other cores to the robot's other nodes; raise it where cores are free and a large model or "
+                  "map makes frames slow (0: the libraries' defaults, which spin on every core)",
                   read_only=True, low=0, high=256, step=1),
     ParameterSpec("index", "flat", "FAISS index kind of a map started empty in mode 'map' "
                   "(ivfpq keeps keyframes exactly until it has enough to train)",

@@ -13,36 +13,41 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
 
 
-def frame_numbers(stems: list[str]) -> list[int]:
-    """Trailing digits of every stem (`images-00210` -> 210), or 0..n-1 unless all have them."""
-    matches = [_TRAILING_DIGITS.search(stem) for stem in stems]
-    if all(matches):
-        return [int(match.group(1)) for match in matches]
-    return list(range(len(stems)))
+def frame_order(folder: Path, files: list[Path]) -> list[tuple[Path, int]]:
+    """(file, frame number) in route order. When every stem ends in digits (`images-00210` -> 210),
+    in frame-number order, so `frame2` comes before `frame10`; two files with one number are
+    refused. Otherwise in file-name order, numbered 0..n-1."""
+    by_name = sorted(files, key=lambda file: file.name)
+    matches = [_TRAILING_DIGITS.search(file.stem) for file in by_name]
+    if not all(matches):
+        return [(file, index) for index, file in enumerate(by_name)]
+    numbered = sorted(((file, int(match.group(1))) for file, match in zip(by_name, matches)),
+                      key=lambda pair: pair[1])
+    for (first, number), (second, other) in zip(numbered, numbered[1:]):
+        if number == other:
+            raise InputError(f"image folder {folder}: {first.name} and {second.name} both have frame number "
+                             f"{number}; expected one image per frame number")
+    return numbered
 
 
 class ImageFolderSequence:
-    """The images of one folder (not recursive), in file-name order."""
+    """The images of one folder (not recursive), in frame-number order (see `frame_order`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise InputError(f"image folder {self.path}: not a directory (expected a folder of images)")
-        self.files = sorted(
-            (entry for entry in self.path.iterdir()
-             if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES),
-            key=lambda entry: entry.name,
-        )
-        if not self.files:
+        images = [entry for entry in self.path.iterdir()
+                  if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
             raise InputError(
                 f"no images in {self.path}: expected files such as images-00210.png "
                 f"({', '.join(suffix[1:] for suffix in IMAGE_SUFFIXES)})"
             )
-        numbers = frame_numbers([file.stem for file in self.files])
-        self._frames = [
-            Frame(index=index, source=file.name, frame=number)
-            for index, (file, number) in enumerate(zip(self.files, numbers))
-        ]
+        ordered = frame_order(self.path, images)
+        self.files = [file for file, _ in ordered]
+        self._frames = [Frame(index=index, source=file.name, frame=number)
+                        for index, (file, number) in enumerate(ordered)]
 
     @property
     def frames(self) -> list[Frame]:

@@ -3,7 +3,9 @@
 Kinds: flat (exact IndexFlatIP), hnsw (IndexHNSWFlat) and ivfpq (IndexIVFPQ), all inner product.
 IVF-PQ must be trained on data: until a map holds enough descriptors to train it
 (`ivfpq_minimum_training_count`), an ivfpq map keeps its places in an exact flat index, so a map
-started empty (mapping mode adds one keyframe at a time) accepts every add.
+started empty (mapping mode adds one keyframe at a time) accepts every add. Lists and codebooks fit
+the descriptors they were trained on, so a map that has grown to IVFPQ_RETRAIN_GROWTH times that
+count trains them again on all of its descriptors.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ SEARCH_OPTIONS = {"flat": (), "hnsw": ("ef_search",), "ivfpq": ("nprobe", "reran
 FAISS_INDEX_TYPES = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}
 # k-means wants ~39 points per IVF list before it stops warning; we size nlist to respect that.
 IVF_POINTS_PER_LIST = 39
+# Retraining at each doubling costs about twice the last training in all; a map grown one keyframe
+# at a time then has at least half the lists a batch build of the same places would get.
+IVFPQ_RETRAIN_GROWTH = 2
 
 
 def checked_index_options(dim: int, index_kind: str, options: dict[str, Any]) -> dict[str, int | None]:
@@ -56,6 +61,11 @@ def checked_index_options(dim: int, index_kind: str, options: dict[str, Any]) ->
     if index_kind == "ivfpq" and checked["m"] is not None and dim % checked["m"] != 0:
         raise InputError(f"index option m={checked['m']} must divide the descriptor dim {dim}")
     return checked
+
+
+def options_from_data(index_kind: str) -> tuple[str, ...]:
+    """The options of `index_kind` that, left unset, are chosen from the data at each training."""
+    return tuple(name for name, default in INDEX_OPTION_DEFAULTS[index_kind].items() if default is None)
 
 
 def ivfpq_minimum_training_count(nbits: int = 8, nlist: int | None = None) -> int:

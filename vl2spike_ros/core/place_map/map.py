@@ -4,8 +4,10 @@ On disk (see `store` for how it is written and read safely):
   index.faiss      the FAISS index (flat, HNSW or IVF-PQ, inner product)
   descriptors.npy  float32 [count, dim], the exact descriptors (full similarity matrices, re-indexing)
   places.json      one object per place, in id order
-  map.json         format version, model fingerprint, dim, metric, count, index kind, options and
-                   structure, and the size and sha256 of the three files above (written last)
+  map.json         format version, model fingerprint, dim, metric, count, index kind, options,
+                   structure and training (how many descriptors IVF-PQ was trained on, which
+                   options it chose from them), and the size and sha256 of the three files above
+                   (written last)
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import numpy as np
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.place_map.index_factory import (
-    SEARCH_OPTIONS, apply_search_options, checked_index_options, index_structure, ivfpq_minimum_training_count, new_index,
-    trained_ivfpq_index)
+    IVFPQ_RETRAIN_GROWTH, SEARCH_OPTIONS, apply_search_options, checked_index_options, index_structure,
+    ivfpq_minimum_training_count, new_index, options_from_data, trained_ivfpq_index)
 from vl2spike_ros.core.place_map.index_file import check_index_bytes, index_size_limit
 from vl2spike_ros.core.place_map.place import Place, is_int, short_repr
 from vl2spike_ros.core.place_map.store import (check_replaceable, parse_json, read_map_directory,
@@ -51,9 +53,10 @@ class PlaceMap:
              search re-ranks with the exact descriptors, default 32, so scores are exact). Until the map holds
              `ivfpq_minimum_training_count(nbits, nlist)` descriptors (256 with nbits=8) its places
              sit in an exact flat index (so a map started empty takes one keyframe at a time);
-             the add that reaches that count trains IVF-PQ on all of them, once. Left unset,
-             nlist is about sqrt(count) (and at most count/39), m the largest divisor of dim up to
-             min(64, dim/8), nprobe min(nlist, 16).
+             the add that reaches that count trains IVF-PQ on all of them, and so does each add
+             that brings the map to IVFPQ_RETRAIN_GROWTH (2) times the count of the last training.
+             Left unset, nlist is about sqrt(count) (and at most count/39), m the largest divisor
+             of dim up to min(64, dim/8), nprobe min(nlist, 16), chosen again at each training.
     """
 
     def __init__(self, dim: int, fingerprint: str, index_kind: str = "flat", **index_options: int) -> None:
@@ -64,6 +67,9 @@ class PlaceMap:
         self._fingerprint = fingerprint
         self._index_kind = index_kind
         self._index_options = options
+        # As asked for, None where chosen from the data at each training (index_options has the choices).
+        self._requested_options = dict(options)
+        self._trained_count = 0
         self._created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._places: list[Place] = []
         self._descriptors = np.empty((0, self._dim), dtype=np.float32)
@@ -91,6 +97,11 @@ class PlaceMap:
     def index_structure(self) -> str:
         """The FAISS structure the places are in now: the kind, or flat for an ivfpq map not yet trained."""
         return index_structure(self._index)
+
+    @property
+    def trained_count(self) -> int:
+        """How many descriptors IVF-PQ was last trained on; 0 for other kinds and an untrained ivfpq map."""
+        return self._trained_count
 
     @property
     def places(self) -> list[Place]:
@@ -133,12 +144,12 @@ class PlaceMap:
                 )
         if len(vectors) == 0:
             return []
-        if self._waits_for_training(len(vectors)):
-            # Train on every descriptor so far (the flat index held them exactly) and move them over.
+        if self._trains_ivfpq(len(vectors)):
+            # Train on every descriptor so far (the map keeps exact copies) and move them all over.
             everything = np.concatenate([self._descriptors[: self._count], vectors])
-            index, self._index_options = trained_ivfpq_index(everything, self._index_options)
+            index, self._index_options = trained_ivfpq_index(everything, self._requested_options)
             index.add(everything)
-            self._index = index
+            self._index, self._trained_count = index, len(everything)
         else:
             self._index.add(vectors)
         self._append_storage(vectors, list(places))
@@ -197,6 +208,7 @@ class PlaceMap:
         if any(value is None for value in options.values()):
             raise InputError(f"search-time options need values, got {options}")
         checked = checked_index_options(self._dim, self._index_kind, {**self._index_options, **options})
+        self._requested_options.update(options)
         if self.index_structure == "ivfpq":
             checked["nprobe"] = min(checked["nprobe"], self._index.nlist)
         self._index_options = checked
@@ -222,6 +234,8 @@ class PlaceMap:
             "index_kind": self._index_kind,
             "index_options": self._index_options,
             "index_structure": self.index_structure,
+            "index_training": {"count": self._trained_count, "options_from_data": sorted(
+                name for name in options_from_data(self._index_kind) if self._requested_options[name] is None)},
             "created": self._created,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
@@ -260,6 +274,8 @@ class PlaceMap:
         except (InputError, TypeError) as error:
             raise InputError(f"map {target}: map.json is invalid: {error}") from None
         structure = _index_structure(target, metadata)
+        place_map._trained_count, from_data = _training_from_metadata(target, metadata, structure, count)
+        place_map._requested_options.update({name: None for name in from_data})
         place_map._index = _index_from_bytes(target, contents["index.faiss"], structure, dim, count)
         apply_search_options(place_map._index, place_map._index_options)
         place_map._append_storage(_descriptors_from_bytes(target, contents["descriptors.npy"], count, dim),
@@ -297,11 +313,15 @@ class PlaceMap:
         self._places.extend(places)
         self._count = needed
 
-    def _waits_for_training(self, adding: int) -> bool:
-        """True when this add brings an ivfpq map (still flat) to the count that trains IVF-PQ."""
-        if self._index_kind != "ivfpq" or self.index_structure == "ivfpq":
+    def _trains_ivfpq(self, adding: int) -> bool:
+        """True when this add brings an ivfpq map still flat to the count that trains IVF-PQ, or a
+        trained one to IVFPQ_RETRAIN_GROWTH times the count of its last training."""
+        if self._index_kind != "ivfpq":
             return False
-        needed = ivfpq_minimum_training_count(self._index_options["nbits"], self._index_options["nlist"])
+        if self.index_structure != "ivfpq":
+            needed = ivfpq_minimum_training_count(self._requested_options["nbits"], self._requested_options["nlist"])
+        else:
+            needed = IVFPQ_RETRAIN_GROWTH * self._trained_count
         return self._count + adding >= needed
 
     def _payloads(self) -> dict[str, bytes]:
@@ -351,6 +371,23 @@ def _payload_size_limits(target: Path, metadata: dict[str, Any]) -> dict[str, in
         raise InputError(f"map {target}: map.json is invalid: {error}") from None
     return {"index.faiss": index_size_limit(_index_structure(target, metadata), dim, count, options),
             "descriptors.npy": NPY_MAX_HEADER_BYTES + 4 * count * dim}
+
+
+def _training_from_metadata(target: Path, metadata: dict[str, Any], structure: str,
+                            count: int) -> tuple[int, list[str]]:
+    """(descriptors IVF-PQ was trained on, options it chose from them) from map.json."""
+    training = metadata.get("index_training")
+    if training is None:  # saved before maps recorded their training: on every place, options as saved
+        return (count if structure == "ivfpq" else 0), []
+    choosable = options_from_data(metadata["index_kind"])
+    low, high = (1, count) if structure == "ivfpq" else (0, 0)
+    trained = training.get("count") if isinstance(training, dict) else None
+    from_data = training.get("options_from_data") if isinstance(training, dict) else None
+    if not (is_int(trained) and low <= trained <= high and isinstance(from_data, list)
+            and all(name in choosable for name in from_data)):
+        raise InputError(f"map {target}: map.json index_training must hold count in [{low}, {high}] and "
+                         f"options_from_data, a list of names from {list(choosable)}; got {short_repr(training)}")
+    return int(trained), list(from_data)
 
 
 def _index_from_bytes(target: Path, data: bytes, structure: str, dim: int, count: int) -> faiss.Index:
