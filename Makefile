@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The stamp names a hash of everything that decides what is installed, so a second run installs nothing
 # and a change to a pin reinstalls.
-INSTALL_INPUTS := requirements.txt requirements-ros.txt requirements-dev.txt requirements-nodeps.txt setup.py
+INSTALL_INPUTS := requirements.txt requirements-no-rosdep.txt requirements-ros.txt requirements-dev.txt \
+	requirements-nodeps.txt setup.py training/pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(INSTALL_INPUTS) | sha256sum | cut -c1-16)
 # The ROS 2 launch toolchain (launch, launch_testing, ros2 CLI) as offline wheels, where that folder
 # exists (CI has it): the launch tests then run for real; without it they skip and say why. Its own
@@ -23,7 +24,7 @@ $(STAMP): $(INSTALL_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e training
 	rm -f $(VENV)/.installed-*
 	touch $@
 
