@@ -59,7 +59,8 @@ try:
 
     LAUNCH_TESTING_ERROR = None
 except ImportError as error:  # no ROS 2 launch stack here
-    LAUNCH_TESTING_ERROR = f"launch_testing is not importable here ({error}); it runs on a ROS 2 install"
+    LAUNCH_TESTING_ERROR = (f"launch_testing is not importable here ({error}); it runs on a ROS 2 install, or in "
+                            "a venv from `make venv` where ../shared/ros2-launch exists")
 
 
 def _photo(name: str):
