@@ -20,10 +20,9 @@ setup(
         f"{PACKAGE}.ros",
         f"{PACKAGE}.demo",
         f"{PACKAGE}.benchmark",
-        "vl2spike_training",
     ],
-    # training/ is the offline side: importable as vl2spike_training, never imported by the runtime.
-    package_dir={"vl2spike_training": "training"},
+    # training/ (vl2spike_training, `vl2spike-train`) is a package of its own (training/pyproject.toml), so
+    # that the colcon install on a robot carries no training code.
     package_data={PACKAGE: ["models/*.safetensors", "models/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -57,7 +56,6 @@ setup(
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-geometry-msgs",
             "ros-diagnostic-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-rmw-fastrtps-cpp",
         ],
-        "train": ["transformers>=4.40"],
         "test": TEST_REQUIRES,
         "dev": [*TEST_REQUIRES, "colcon-common-extensions"],
     },
@@ -70,7 +68,6 @@ setup(
         "console_scripts": [
             "vl2spike = vl2spike_ros.cli:main",
             "vpr_node = vl2spike_ros.ros.node:main",
-            "vl2spike-train = vl2spike_training.cli:main",
         ],
     },
 )

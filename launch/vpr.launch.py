@@ -38,9 +38,24 @@ class GivenParametersFile(Substitution):
         return str(path) if path is not None else LaunchConfiguration("params_file").perform(context)
 
 
+class ArgumentDefault(Substitution):
+    """An argument's default. A node-parameter argument's is NOT_GIVEN, so that params_file's value
+    stays in force; `--show-args` shows the value that applies instead of that empty text."""
+
+    def __init__(self, argument) -> None:
+        super().__init__()
+        self._argument = argument
+
+    def describe(self) -> str:
+        return self._argument.shown_default
+
+    def perform(self, context) -> str:
+        return self._argument.launch_default
+
+
 def _declare(argument):
-    return DeclareLaunchArgument(argument.name, default_value=argument.launch_default,
-                                 description=argument.launch_description)
+    return DeclareLaunchArgument(argument.name, default_value=ArgumentDefault(argument),
+                                 description=argument.description)
 
 
 def _fail_on_error_exit(event, context):

@@ -3,7 +3,7 @@ vpr_node as a child process, and an rclpy probe node spinning in a thread.
 
 Importing this module sets the ROS environment of the test process BEFORE rclpy starts:
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST for Kilted, ROS_LOCALHOST_ONLY=1 for
-Humble), a domain id derived from the pid and a per-run ROS_HOME.
+Humble), the caller's ROS_DOMAIN_ID (else one derived from the pid) and a per-run ROS_HOME.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ _RUN_HOME = Path(tempfile.mkdtemp(prefix="vl2spike_ros_home_"))
 ROS_ENV = {
     "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
     "ROS_LOCALHOST_ONLY": "1",
-    "ROS_DOMAIN_ID": str(1 + os.getpid() % 100),
+    "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(1 + os.getpid() % 100),
     "ROS_HOME": str(_RUN_HOME),
 }
 os.environ.update(ROS_ENV)

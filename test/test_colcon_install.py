@@ -63,6 +63,9 @@ def test_installed_layout(install):
     assert not (install / f"share/{PACKAGE}/models").exists()
     # The installed launch file imports its argument table from the installed package.
     assert (site_packages / PACKAGE / "ros" / "launch_arguments.py").is_file()
+    # Training stays off the robot: `ros2 pkg executables` lists the runtime's tools only.
+    assert sorted(path.name for path in (install / f"lib/{PACKAGE}").iterdir()) == ["vl2spike", "vpr_node"]
+    assert not (site_packages / "vl2spike_training").exists()
 
 
 def test_installed_vpr_node_becomes_active(install, tmp_path):

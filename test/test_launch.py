@@ -1,18 +1,27 @@
-"""launch/vpr.launch.py under launch_testing, on a ROS 2 install with the package built by colcon:
-for transport raw and compressed, the launched vpr_node becomes active on the remapped topic, answers
-a published photograph on ~/match with the map place it came from (with the top_k and
-match_threshold given as launch arguments), and exits cleanly at shutdown.
+"""launch/vpr.launch.py end to end under launch_testing, as a ROS user runs it.
 
-Run it with pytest (launch_testing's plugin collects it; pytest 8, see docs/ros_interface.md) or with
-`launch_test test/test_launch.py`. Self-contained: it imports no sibling test module, so it runs
-without PYTHONPATH=test. DDS stays on loopback; a ROS_DOMAIN_ID given by the caller is kept. Where
-launch_testing does not import (pip installs) it skips with the reason; a failing map path and the
-argument table are checked in test_launch_file.py (pytest collects only the launch test here).
+One launch serves the module: two vpr_node instances from the launch file, each in its own namespace
+with a map of four photographs. The first starts itself (`transport:=raw`); the second is launched
+with `autostart:=false transport:=compressed` and is brought up through its lifecycle services
+(configure, activate). Each must answer a published photograph on ~/match with the map place it
+came from, with the top_k and match_threshold given as launch arguments. The same test class runs
+`ros2 launch` itself: a map that is unset or missing (set in a params_file) makes it exit non-zero
+with the reason, and Ctrl-C (SIGINT to its process group, twice) ends it with exit code 0 and the
+node `finalized`. After the launch, both nodes must have ended cleanly.
+
+Run it with pytest (launch_testing's plugin collects it; pytest 8) or `launch_test test/test_launch.py`.
+The package comes from the ament index when a colcon install of it is sourced; otherwise (a venv with
+`pip install -e .`, as `make test` makes) this source tree is indexed through a temporary prefix.
+Where launch_testing does not import (no ROS 2 launch stack) it skips with the reason. DDS stays on
+loopback; a ROS_DOMAIN_ID given by the caller is kept.
 """
 import atexit
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -20,28 +29,38 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
-os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOCALHOST_ONLY="1")
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# launch_test runs this file alone: its folder holds the shared ROS test helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import node_fixtures as support  # noqa: E402  (loopback ROS environment before rclpy starts)
 
-LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "vpr.launch.py"
-NAMESPACE = f"/vpr_launch_test_{os.getpid()}"
-IMAGE_TOPIC = "camera/image_raw"  # relative: resolves inside NAMESPACE
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "vl2spike_ros"
+RAW_NS = f"/vpr_launch_raw_{os.getpid()}"
+LIFECYCLE_NS = f"/vpr_launch_lifecycle_{os.getpid()}"
+IMAGE_TOPIC = "camera/image_raw"  # relative: resolves inside the namespace
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # real photographs shipped with scikit-image
 QUERY = 2  # the photo published as the query; its place id in the map
 TOP_K = 3  # below the map size and the default 5: shows that the typed launch argument reached the node
+# A process started in the background from a script inherits SIGINT as ignored, and launch would then
+# ignore Ctrl-C: `ros2 launch` starts with SIGINT at its default, as from a terminal.
+SIGINT_DEFAULT_EXEC = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execv(sys.argv[1], sys.argv[1:])")
 
 try:
     import launch
     import launch_testing
     import launch_testing.actions
     import launch_testing.asserts
-    from launch.actions import IncludeLaunchDescription
+    from launch.actions import GroupAction, IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch_ros.substitutions import FindPackageShare
 
     LAUNCH_TESTING_ERROR = None
-except ImportError as error:  # pip installs: no launch or launch_testing wheels
-    LAUNCH_TESTING_ERROR = f"launch_testing is not importable here ({error}); it runs on a ROS 2 install"
+except ImportError as error:  # no ROS 2 launch stack here
+    LAUNCH_TESTING_ERROR = (f"launch_testing is not importable here ({error}); it runs on a ROS 2 install, or in "
+                            "a venv from `make venv` where ../shared/ros2-launch exists")
 
 
 def _photo(name: str):
@@ -56,89 +75,131 @@ def _photo(name: str):
 
 
 @cache
+def _work_dir() -> Path:
+    work = Path(tempfile.mkdtemp(prefix="vl2spike_launch_test_"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
+@cache
 def _reference_map() -> Path:
-    """A map of the photos built with the shipped model (the node's default model), in a temporary
-    folder removed when the test process exits, whichever way the launch ended."""
+    """A map of the photos built with the shipped model (the node's default model)."""
     import cv2
 
     from vl2spike_ros.core.encoder import DescriptorEncoder
     from vl2spike_ros.evaluation.runner import build_map
     from vl2spike_ros.sources.traverses import open_sequence
 
-    work = Path(tempfile.mkdtemp(prefix="vl2spike_launch_test_"))
-    atexit.register(shutil.rmtree, work, ignore_errors=True)
-    images = work / "images"
+    images = _work_dir() / "images"
     images.mkdir()
     for index, name in enumerate(PHOTOS):
         cv2.imwrite(str(images / f"images-{index:05d}.png"), cv2.cvtColor(_photo(name), cv2.COLOR_RGB2BGR))
-    build_map(DescriptorEncoder(), open_sequence(images), progress=False).save(work / "map")
-    return work / "map"
+    build_map(DescriptorEncoder(), open_sequence(images), progress=False).save(_work_dir() / "map")
+    return _work_dir() / "map"
 
 
-def _first_match(transport: str, timeout_s: float) -> dict | None:
+@cache
+def _index_package() -> None:
+    """Makes `vl2spike_ros` resolvable as `ros2 launch` resolves it: the launch file and config under
+    share/, the executable at lib/vl2spike_ros/vpr_node. A sourced colcon install is used as it is.
+    Otherwise this source tree is indexed in a temporary prefix of links put first on
+    AMENT_PREFIX_PATH (what `colcon build --symlink-install` gives), with the vpr_node console script
+    beside this Python; the launched processes inherit it."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        if (Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / "vpr_node").is_file():
+            return
+    except PackageNotFoundError:
+        pass
+    script = Path(sys.executable).parent / "vpr_node"
+    if not script.is_file():
+        raise unittest.SkipTest(f"{PACKAGE} is not in the ament index and no vpr_node is beside {sys.executable}: "
+                                "build it with colcon and source install/setup.bash, or pip install -e .")
+    prefix = _work_dir() / "ament_prefix"
+    marker = prefix / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    # Links to files, not folders: `ros2 launch` looks for the launch file without following links.
+    for source in (REPO / "package.xml", *REPO.glob("launch/*.py"), *REPO.glob("config/*.yaml")):
+        target = prefix / "share" / PACKAGE / source.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source)
+    (prefix / "lib" / PACKAGE).mkdir(parents=True)
+    (prefix / "lib" / PACKAGE / "vpr_node").symlink_to(script)
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join([str(prefix), os.environ.get("AMENT_PREFIX_PATH", "")])
+
+
+def _ros2() -> str:
+    beside = Path(sys.executable).parent / "ros2"
+    return str(beside) if beside.is_file() else shutil.which("ros2") or "ros2"
+
+
+def _ros2_launch(*arguments: str, log_name: str) -> tuple[subprocess.Popen, Path]:
+    """`ros2 launch vl2spike_ros vpr.launch.py ARGUMENTS` in a process group of its own, as a
+    terminal starts it; output in a log file."""
+    log_path = _work_dir() / log_name
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGINT_DEFAULT_EXEC, _ros2(), "launch", PACKAGE, "vpr.launch.py", *arguments],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # launch's own lines reach the log as they come
+    return process, log_path
+
+
+def _first_match(probe, namespace: str, transport: str, timeout_s: float) -> dict | None:
     """Publish the query photo on the node's input (re-sent until an answer: discovery takes a
     moment and the input is best effort) and return the first ~/match JSON."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
 
     from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("vl2spike_launch_test_probe", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    try:
-        matches = []
-        node.create_subscription(String, f"{NAMESPACE}/vpr_node/match", lambda m: matches.append(m.data), 10)
-        topic = f"{NAMESPACE}/{IMAGE_TOPIC}"
-        if transport == "compressed":
-            publisher = node.create_publisher(CompressedImage, f"{topic}/compressed", qos_profile_sensor_data)
-            message = rgb_to_compressed(_photo(PHOTOS[QUERY]))
-        else:
-            publisher = node.create_publisher(Image, topic, qos_profile_sensor_data)
-            message = rgb_to_image(_photo(PHOTOS[QUERY]))
-        deadline = time.monotonic() + timeout_s
-        next_publish = 0.0
-        while not matches and time.monotonic() < deadline:
-            if time.monotonic() >= next_publish:
-                publisher.publish(message)
-                next_publish = time.monotonic() + 0.5
-            executor.spin_once(timeout_sec=0.05)
-        return json.loads(matches[0]) if matches else None
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    matches = probe.collect(String, f"{namespace}/vpr_node/match", lambda message: json.loads(message.data))
+    topic = f"{namespace}/{IMAGE_TOPIC}"
+    if transport == "compressed":
+        publisher = probe.node.create_publisher(CompressedImage, f"{topic}/compressed", qos_profile_sensor_data)
+        message = rgb_to_compressed(_photo(PHOTOS[QUERY]))
+    else:
+        publisher = probe.node.create_publisher(Image, topic, qos_profile_sensor_data)
+        message = rgb_to_image(_photo(PHOTOS[QUERY]))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not probe.wait_until(lambda: bool(matches), 0.5):
+        publisher.publish(message)
+    with probe.lock:
+        return matches[0] if matches else None
 
 
 if LAUNCH_TESTING_ERROR is None:
 
-    @pytest.mark.launch_test
-    @launch_testing.parametrize("transport", ("raw", "compressed"))
-    def generate_test_description(transport):
-        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    def _vpr_launch(namespace: str, **arguments: str):
+        # A scoped group: the two inclusions' launch configurations stay apart.
+        return GroupAction([IncludeLaunchDescription(
+            PythonLaunchDescriptionSource([FindPackageShare(PACKAGE), "/launch/vpr.launch.py"]),
+            launch_arguments={"map_path": str(_reference_map()), "namespace": namespace,
+                              "image_topic": IMAGE_TOPIC, "top_k": str(TOP_K), "match_threshold": "0.5",
+                              **arguments}.items())])
 
-        try:
-            get_package_prefix("vl2spike_ros")
-        except PackageNotFoundError:
-            raise unittest.SkipTest("vl2spike_ros is not in the ament index: build it with colcon and "
-                                    "source install/setup.bash") from None
-        include = IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
-            launch_arguments={"map_path": str(_reference_map()), "namespace": NAMESPACE,
-                              "image_topic": IMAGE_TOPIC, "transport": transport, "top_k": str(TOP_K),
-                              "match_threshold": "0.5"}.items())
-        return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
+    @pytest.mark.launch_test
+    def generate_test_description():
+        _index_package()
+        return launch.LaunchDescription([
+            _vpr_launch(RAW_NS, transport="raw"),
+            _vpr_launch(LIFECYCLE_NS, transport="compressed", autostart="false"),
+            launch_testing.actions.ReadyToTest(),
+        ])
 
     class TestVprLaunch(unittest.TestCase):
-        def test_a_published_frame_is_matched_to_its_place(self, proc_output, transport):
-            listening = f"{NAMESPACE}/{IMAGE_TOPIC}" + ("/compressed" if transport == "compressed" else "")
-            proc_output.assertWaitFor(f"active: listening on {listening} ({transport})", timeout=180)
-            match = _first_match(transport, timeout_s=60)
+        @classmethod
+        def setUpClass(cls):
+            cls.probe = support.Probe("vl2spike_launch_test_probe")
+
+        @classmethod
+        def tearDownClass(cls):
+            cls.probe.close()
+
+        def assert_matched(self, match: dict | None) -> None:
             self.assertIsNotNone(match, "no ~/match within 60 s of publishing")
             self.assertEqual(match["map_size"], len(PHOTOS))
             self.assertEqual(match["place_ids"][0], QUERY, match)
@@ -146,10 +207,80 @@ if LAUNCH_TESTING_ERROR is None:
             self.assertTrue(match["accepted"], match)  # its own photo scores above match_threshold 0.5
             self.assertEqual(match["best_place"]["source"], f"images-{QUERY:05d}.png", match)
 
+        def test_autostarted_node_matches_a_raw_frame(self, proc_output):
+            proc_output.assertWaitFor(f"active: listening on {RAW_NS}/{IMAGE_TOPIC} (raw)", timeout=180)
+            self.assert_matched(_first_match(self.probe, RAW_NS, "raw", timeout_s=60))
+
+        def test_lifecycle_services_activate_the_node_then_it_matches_a_compressed_frame(self, proc_output):
+            from lifecycle_msgs.msg import State, Transition
+            from lifecycle_msgs.srv import ChangeState, GetState
+
+            node = f"{LIFECYCLE_NS}/vpr_node"
+            state = self.probe.call(GetState, f"{node}/get_state", GetState.Request(), timeout_s=180)
+            self.assertEqual(state.current_state.id, State.PRIMARY_STATE_UNCONFIGURED)  # autostart:=false
+            for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+                request = ChangeState.Request(transition=Transition(id=transition))
+                self.assertTrue(self.probe.call(ChangeState, f"{node}/change_state", request, timeout_s=120).success)
+            state = self.probe.call(GetState, f"{node}/get_state", GetState.Request())
+            self.assertEqual(state.current_state.id, State.PRIMARY_STATE_ACTIVE)
+            proc_output.assertWaitFor(f"active: listening on {LIFECYCLE_NS}/{IMAGE_TOPIC}/compressed (compressed)",
+                                      timeout=30)
+            self.assert_matched(_first_match(self.probe, LIFECYCLE_NS, "compressed", timeout_s=60))
+
+        def test_ros2_launch_without_a_map_exits_non_zero_saying_what_to_pass(self):
+            process, log_path = _ros2_launch(f"namespace:=/vpr_launch_no_map_{os.getpid()}", log_name="no_map.log")
+            self.assertNotEqual(process.wait(180), 0, log_path.read_text())
+            output = log_path.read_text()
+            self.assertIn("no map given (map_path is empty); set map_path to a map directory", output)
+            self.assertIn("vpr_node exited with code 1", output)
+
+        def test_ros2_launch_keeps_a_params_file_map_path_and_fails_on_a_missing_map(self):
+            # A map_path set only in the user's params file reaches the node (no launch default over it).
+            missing = _work_dir() / "map_from_params_file"
+            params_file = _work_dir() / "my_vpr.yaml"
+            params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"map_path": str(missing)}}}))
+            process, log_path = _ros2_launch(f"params_file:={params_file}", f"namespace:=/vpr_launch_missing_{os.getpid()}",
+                                             log_name="missing_map.log")
+            self.assertNotEqual(process.wait(180), 0, log_path.read_text())
+            output = log_path.read_text()
+            self.assertIn(f"map '{missing}': no such map directory", output)
+            self.assertIn("vpr_node exited with code 1", output)
+
+        def test_ros2_launch_ends_cleanly_on_ctrl_c(self):
+            process, log_path = _ros2_launch(f"map_path:={_reference_map()}", f"namespace:=/vpr_launch_ctrl_c_{os.getpid()}",
+                                             log_name="ctrl_c.log")
+            try:
+                deadline = time.monotonic() + 180
+                while "active: listening on" not in log_path.read_text() and time.monotonic() < deadline:
+                    self.assertIsNone(process.poll(), log_path.read_text())
+                    time.sleep(0.2)
+                # Ctrl-C in a terminal signals the whole process group: launch, which forwards it to the
+                # node, and the node itself; then a second Ctrl-C.
+                os.killpg(process.pid, signal.SIGINT)
+                time.sleep(0.3)
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGINT)
+                code = process.wait(60)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            output = log_path.read_text()
+            self.assertEqual(code, 0, output)
+            self.assertIn("user interrupted with ctrl-c (SIGINT)", output)  # launch itself took the Ctrl-C
+            self.assertIn("finalized", output)
+            self.assertNotIn("process has died", output)
+            self.assertNotIn("Traceback", output)
+
     @launch_testing.post_shutdown_test()
     class TestVprLaunchShutdown(unittest.TestCase):
-        def test_exit_code(self, proc_info):
+        def test_both_nodes_ended_through_the_shutdown_transition(self, proc_info, proc_output):
             launch_testing.asserts.assertExitCodes(proc_info)
+            self.assertEqual(len(proc_output.processes()), 2)
+            for process in proc_output.processes():
+                output = "".join(line.text.decode() for line in proc_output[process])
+                self.assertIn("finalized", output)
+                self.assertNotIn("Traceback", output)
 else:
     def test_launch_testing():
         pytest.skip(LAUNCH_TESTING_ERROR)

@@ -352,20 +352,26 @@ def test_wrong_map_fails_configure_with_the_reason(assets, tmp_path):
                            map_path=tmp_path / "no_map")
 
 
-def test_ctrl_c_twice_after_frames_ends_through_lifecycle_shutdown(assets, probe):
-    """What a terminal does on Ctrl-C under `ros2 launch`: SIGINT to the process group, which
-    launch forwards once more. The node must end through the shutdown transition, without a traceback."""
+@pytest.mark.parametrize("interval_s", [0.05, 0.3, 0.6, 1.0])
+def test_three_sigints_end_through_lifecycle_shutdown(assets, probe, interval_s):
+    """Ctrl-C under `ros2 launch`: the terminal's SIGINT, the one launch forwards, and one more from
+    an impatient user, `interval_s` apart. Whichever moment of the shutdown they hit (the transition,
+    rclpy's shutdown, the interpreter's exit, where Python restores the default handlers), the node
+    ends through the shutdown transition with exit code 0 and no traceback."""
     import signal
 
-    node = _start(assets, "/vpr_test_sigint", "sigint_node.log", map_path=assets["map"])
+    node = _start(assets, f"/vpr_test_sigint_{int(interval_s * 1000)}", f"sigint_{interval_s}.log",
+                  map_path=assets["map"])
     channel = Channel(probe, node, compressed=False)
     channel.probe_image = assets["images"][0]
     try:
         _wait_active(channel)
         for image in assets["images"][1:4]:
             channel.send(image)
-        node.process.send_signal(signal.SIGINT)
-        node.process.send_signal(signal.SIGINT)
+        for index in range(3):
+            if index:
+                time.sleep(interval_s)
+            node.process.send_signal(signal.SIGINT)  # a no-op once the process has ended
         code = node.process.wait(60)
     finally:
         node.stop()

@@ -18,10 +18,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from vl2spike_ros.core.limits import DEFAULT_MAX_IMAGE_PIXELS
 from vl2spike_ros.errors import InputError
-
-# 2**25 = 33.5 megapixels: 8K UHD (7680x4320, 33.2 MP) fits; decoded as RGB that is at most 100 MB.
-DEFAULT_MAX_IMAGE_PIXELS = 2**25
 
 # ROS encoding -> (dtype, channels, OpenCV conversion to RGB or None when already RGB).
 ENCODINGS: dict[str, tuple[type, int, int | None]] = {

@@ -16,11 +16,10 @@ import numpy as np
 
 from vl2spike_ros.core.backends import AUTO
 from vl2spike_ros.core.encoder import DescriptorEncoder, print_to_stderr
+from vl2spike_ros.core.limits import MODES
 from vl2spike_ros.core.place_map import Place, PlaceMap
 from vl2spike_ros.core.sequence import SequenceMatcher
 from vl2spike_ros.errors import InputError
-
-MODES = ("localize", "map")
 
 
 class MapUpdateError(RuntimeError):
@@ -102,8 +101,9 @@ class Localizer:
         elif options.get("mode", "localize") == "map":
             place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
         else:
-            raise InputError(f"map {map_path!r}: no such map directory; build one with "
-                             "`vl2spike build-map` or start in mode 'map'")
+            found = f"map {str(map_path)!r}: no such map directory" if map_path else "no map given (map_path is empty)"
+            raise InputError(f"{found}; set map_path to a map directory built with `vl2spike build-map` "
+                             "(`ros2 launch vl2spike_ros vpr.launch.py map_path:=DIR`), or start in mode 'map'")
         return cls(encoder, place_map, search_threads=num_threads, **options)
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from vl2spike_ros.core.atomic_files import atomic_write_bytes
+from vl2spike_ros.ros.parameters import PARAMETER_SPECS
 
 PACKAGE = "vl2spike_ros"
 EXECUTABLE = "vpr_node"
@@ -46,26 +47,34 @@ class LaunchArgument:
         return self.default if self.value_type is None else NOT_GIVEN
 
     @property
-    def launch_description(self) -> str:
-        """The description `--show-args` shows, saying what an argument not given means."""
+    def shown_default(self) -> str:
+        """What `ros2 launch --show-args` shows as the default: the value that applies when the
+        argument is not given."""
         if self.value_type is None:
-            return self.description
-        return f"{self.description} [not given: the params_file value, else {self.default or repr(self.default)}]"
+            return repr(self.default)
+        return f"{self.default!r} unless params_file sets {self.name}"
 
 
-# `default` equals the node's and config/vpr.yaml's (test/test_launch_file.py checks both).
+def launch_text(value: Any) -> str:
+    """A parameter value as written on the launch command line (`true`, `5`, `0.0`, `raw`)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _parameter_argument(name: str) -> LaunchArgument:
+    spec = PARAMETER_SPECS[name]
+    description = spec.description
+    if spec.choices:
+        description += f" (one of: {', '.join(spec.choices)})"
+    elif spec.low is not None:
+        description += f" ({launch_text(spec.low)} to {launch_text(spec.high)})"
+    return LaunchArgument(name, launch_text(spec.default), description, type(spec.default))
+
+
+# The node parameters a launch argument sets: defaults and descriptions are the node's table.
 NODE_PARAMETER_ARGUMENTS: tuple[LaunchArgument, ...] = (
-    LaunchArgument("model_path", "", "student checkpoint (.safetensors); empty: the shipped model", str),
-    LaunchArgument("map_path", "", "place map directory (vl2spike build-map)", str),
-    LaunchArgument("transport", "raw", "raw: sensor_msgs/Image on image_topic; compressed: "
-                   "sensor_msgs/CompressedImage on <image_topic>/compressed", str),
-    LaunchArgument("autostart", "true", "configure and activate at start; false: wait for "
-                   "`ros2 lifecycle set` or a lifecycle manager", bool),
-    LaunchArgument("top_k", "5", "places reported per frame (1-100)", int),
-    LaunchArgument("sequence_length", "1", "sequence matching over the last L frames (1: single frame)", int),
-    LaunchArgument("match_threshold", "0.0", "accept a match when its best cosine score is at least this "
-                   "(-1.0 to 1.0, with a decimal point)", float),
-    LaunchArgument("use_sim_time", "false", "use /clock", bool),
+    *(_parameter_argument(name) for name in ("model_path", "map_path", "transport", "autostart", "top_k",
+                                             "sequence_length", "match_threshold")),
+    LaunchArgument("use_sim_time", "false", "use /clock (rclpy's own parameter)", bool),
 )
 TOPIC_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("image_topic", "/camera/image_raw", "camera topic (a relative name resolves in namespace)"),
@@ -80,7 +89,7 @@ def given_parameters(values: Mapping[str, str]) -> dict[str, Any]:
     argument name), typed as the node declares them; arguments left at NOT_GIVEN are left out.
     A value of the wrong type raises ValueError naming the argument, before the node starts; ranges
     and choices are the node's to check (it exits 2 naming the parameter, and the launch fails).
-    The node's parameter table is not imported here: it would load torch into the launch process."""
+    The types are the parameter table's, which loads nothing heavy into the launch process."""
     given = {}
     for argument in NODE_PARAMETER_ARGUMENTS:
         text = values.get(argument.name, NOT_GIVEN)

@@ -12,8 +12,9 @@ Interface (design §3; schema and examples in docs/ros_interface.md):
   `~/reset_sequence` (std_srvs/Trigger: forget recent frames, number queries from 0);
 - lifecycle: configure loads and checks model and map, activate subscribes and starts the worker,
   deactivate and cleanup release, shutdown ends in `finalized`; parameter `autostart` (default
-  true) configures and activates at start. Ctrl-C (SIGINT, also a second one) and SIGTERM shut
-  down through the lifecycle shutdown transition.
+  true) configures and activates at start. Ctrl-C (SIGINT) and SIGTERM shut down through the
+  lifecycle shutdown transition; more of them during shutdown (launch forwards Ctrl-C again) change
+  nothing, up to the process's exit.
 """
 from __future__ import annotations
 
@@ -404,8 +405,7 @@ def main(args: list[str] | None = None) -> int:
         return 0
     # Our own handlers instead of rclpy's: a signal only asks the main loop to stop, which then takes
     # the lifecycle shutdown transition. A second SIGINT (launch forwards Ctrl-C again) finds the
-    # request already made; no KeyboardInterrupt can surface in the middle of cleanup. They stay
-    # installed until the process ends, so that a late signal cannot interrupt the interpreter's exit.
+    # request already made; no KeyboardInterrupt can surface in the middle of cleanup.
     stop_requested = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop_requested.set())
@@ -437,6 +437,10 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # While the interpreter exits, Python puts the default handlers back, and a late SIGINT would
+        # kill the process (exit -2 under launch). An ignored signal stays ignored until the end.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

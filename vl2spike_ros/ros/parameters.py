@@ -1,6 +1,7 @@
 """vpr_node's parameters: one table (default, description, range or choices, mutability) and the
-check every value goes through, at start-up and on updates. ROS-free; `node.py` turns the table
-into rclpy parameter descriptors."""
+check every value goes through, at start-up and on updates. ROS-free and light (no torch, FAISS or
+OpenCV): `node.py` turns the table into rclpy parameter descriptors, and the launch file's
+arguments take their defaults and descriptions from it."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vl2spike_ros.core.backends import AUTO, backend_names
-from vl2spike_ros.core.images import DEFAULT_MAX_IMAGE_PIXELS
-from vl2spike_ros.core.localizer import MODES
+from vl2spike_ros.core.limits import DEFAULT_MAX_IMAGE_PIXELS, MODES
 
 TRANSPORTS = ("raw", "compressed")
 
@@ -31,8 +31,8 @@ class ParameterSpec:
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model_path", "", "student checkpoint (.safetensors); empty: the model the package ships",
                   read_only=True),
-    ParameterSpec("map_path", "", "place map directory: loaded at configure (mode 'localize' needs it); "
-                  "~/save_map writes here", read_only=True),
+    ParameterSpec("map_path", "", "place map directory built with `vl2spike build-map`: loaded at configure "
+                  "(mode 'localize' needs it); ~/save_map writes here", read_only=True),
     ParameterSpec("reference_images", "", "folder holding the map's reference images (place 'source' names), "
                   "for ~/match_image; empty: only absolute sources are found", read_only=True),
     ParameterSpec("mode", "localize", "'localize': match against the map; 'map': also add keyframes "
