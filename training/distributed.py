@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import fields, replace
 from datetime import timedelta
 
 import numpy as np
@@ -162,10 +163,12 @@ class GatheringStudent:
             gathered = _GatherRows.apply(tensor.movedim(dim, 0), self.counts, self.workers.rank)
             return gathered[self.order].movedim(0, dim)
 
-        return StudentOutput(descriptor=whole(output.descriptor, 0),
-                             step_descriptors=whole(output.step_descriptors, 1),
-                             tokens=whole(output.tokens, 1), token_rates=whole(output.token_rates, 1),
-                             membrane_potentials=[whole(v, 1) for v in output.membrane_potentials])
+        gathered = {}
+        for item in fields(output):
+            value = getattr(output, item.name)
+            dim = 0 if item.name == "descriptor" else 1  # every other output is per step: [T, B, ...]
+            gathered[item.name] = [whole(v, dim) for v in value] if isinstance(value, list) else whole(value, dim)
+        return replace(output, **gathered)
 
 
 class _GatherRows(torch.autograd.Function):
