@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from vl2spike_training.cli import main
 from vl2spike_training.config import load_config
 from vl2spike_training.distributed import shares
 from vl2spike_training.trainer import train_student
@@ -54,6 +55,13 @@ def assert_same_state(found, expected):
 
 def test_shares_split_a_batch_into_contiguous_near_equal_parts():
     assert [part.tolist() for part in shares(7, 2)] == [[0, 1, 2, 3], [4, 5, 6]]
+
+
+def test_ablate_refuses_to_run_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["ablate"]) == 2
+    assert capsys.readouterr().err.strip() == ("vl2spike-train: error: ablate: expected a single process; "
+                                               "start it without torchrun (train runs under torchrun)")
 
 
 def test_two_ranks_match_one_process_and_resume(tmp_path):

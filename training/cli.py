@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             from .distributed import launched_by_torchrun
 
             if launched_by_torchrun():
-                raise InputError("vl2spike-train ablate: expected a single process (start it without torchrun; "
-                                 "`train` runs under torchrun)")
+                raise InputError("ablate: expected a single process; start it without torchrun "
+                                 "(train runs under torchrun)")
             report = run_ablation(config, command_line)
             print(f"ablation report: {report['paths']['markdown']}")
     except InputError as error:
