@@ -101,7 +101,7 @@ def test_two_ranks_match_one_process_and_resume(tmp_path):
 
     messages = []
     resumed = train_student(load_config(None, overrides(distributed_dir, summer, winter)), log=messages.append)
-    assert "resuming" in messages[0] or any(message.startswith("resuming") for message in messages)
+    assert any(message.startswith("resuming") for message in messages)
     assert resumed["final"]["loss_task"] == pytest.approx(reference["final"]["loss_task"], rel=1e-4)
     assert_same_state(module_tensors(distributed_dir / "state.safetensors")[0],
                       module_tensors(reference_dir / "state.safetensors")[0])
