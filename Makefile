@@ -39,11 +39,13 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(ROS_LOOPBACK) $(PY) -m pytest -q test
 
-# The full benchmark (docs/benchmark.md); BENCH_ARGS=--quick for the few-minute version.
+# The full benchmark (docs/benchmark.md); BENCH_ARGS=--quick for the few-minute version. ROUTE_DATA
+# calibrates the route-shaped map descriptors (docs/map_scale.md).
 BENCH_OUT ?= benchmark_results
 BENCH_ARGS ?=
+ROUTE_DATA ?= ../shared/data/nordland64
 bench: $(INSTALLED)
-	$(ROS_LOOPBACK) $(VENV)/bin/vl2spike benchmark --out $(BENCH_OUT) --threads 1 $(BENCH_ARGS)
+	$(ROS_LOOPBACK) $(VENV)/bin/vl2spike benchmark --out $(BENCH_OUT) --threads 1 --route-data $(ROUTE_DATA) $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

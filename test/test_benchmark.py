@@ -25,7 +25,7 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
     command = [sys.executable, "-m", "vl2spike_ros.cli", "benchmark", "--out", str(out), "--quick",
                "--backend", "torch", "--map-sizes", "1000,1200,1500", "--hnsw-max-places", "1200", "--node-places", "300",
                "--node-frames", "45", "--eval-places", "60", "--repeats", "5", "--vit-repeats", "1",
-               "--batch-repeats", "1", "--soak", "390"]
+               "--batch-repeats", "1", "--soak", "390", "--map-kinds", "isotropic"]  # route: test_map_scale.py
     done = subprocess.run(command, env={**os.environ, **support.ROS_ENV}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -38,7 +38,7 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
     at_1500 = [(row["index"], row["options"].get("nprobe")) for row in results["map_search"] if row["places"] == 1500]
     assert at_1500 == [("flat", None), ("ivfpq", 16), ("ivfpq", 32), ("ivfpq", 38)]  # nprobe swept up to nlist
     assert results["map_1m_search_options"] in ("", "nprobe=16 rerank=32", "nprobe=32 rerank=32", "nprobe=38 rerank=32")
-    assert results["map_not_built"] == [{"places": 1500, "index": "hnsw",
+    assert results["map_not_built"] == [{"descriptors": "isotropic", "places": 1500, "index": "hnsw",
                                          "reason": "above --hnsw-max-places (build time)"}]
     assert set(results["targets"]) == set(TARGETS)
     assert "| speedup_vs_vit_b32_batch1 |" in (out / "benchmark.md").read_text()

@@ -1,6 +1,7 @@
 """`vl2spike-train`: train a student (optionally its ANN teacher first) or run the ablation set.
 
     vl2spike-train train  --config configs/training/default_student.yaml [--set optim.epochs=3 ...]
+    torchrun --nproc_per_node N --no-python vl2spike-train train --config ...  (distributed.py)
     vl2spike-train ablate --config configs/training/default_student.yaml [--set ...]
     vl2spike-train report --config CONFIG.yaml --checkpoint CKPT [--teacher ann:FILE] [--out FILE.json]
     vl2spike-train compare RUN_DIR [RUN_DIR ...] [--test] [--out FILE.md]
@@ -51,18 +52,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, args.overrides)
         if args.command == "train":
+            from .distributed import leave_workers
             from .trainer import train_student
 
-            summary = train_student(config, command_line)
-            print(f"{summary['metric']}: {summary['final'][summary['metric']]:.2f}% "
-                  f"(run directory {config['run']['out_dir']})")
+            try:
+                summary = train_student(config, command_line)
+            finally:
+                leave_workers()
+            if summary:  # empty on the ranks of a torchrun other than rank 0
+                print(f"{summary['metric']}: {summary['final'][summary['metric']]:.2f}% "
+                      f"(run directory {config['run']['out_dir']})")
         elif args.command == "report":
             from .split_report import report_checkpoint
 
             report_checkpoint(config, args.checkpoint, args.out)
         else:
             from .ablation import run_ablation
+            from .distributed import launched_by_torchrun
 
+            if launched_by_torchrun():
+                raise InputError("ablate: expected a single process; start it without torchrun "
+                                 "(train runs under torchrun)")
             report = run_ablation(config, command_line)
             print(f"ablation report: {report['paths']['markdown']}")
     except InputError as error:

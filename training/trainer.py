@@ -19,11 +19,13 @@ from tqdm import tqdm
 
 from vl2spike_ros.core.atomic_files import atomic_write_bytes, write_json_atomic
 from vl2spike_ros.core.energy import ann_energy_of
+from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
 
 from .calibration import center_descriptor_head, recalibrate_batchnorm
 from .config import config_digest
-from .distillation import DistillationTerms, batch_losses, build_modules
+from .distillation import DistillationTerms, build_modules
+from .distributed import LocalStep, Workers
 from .evaluation import evaluate_student
 from .export import energy_of, export_student
 from .loop import learning_rate, load_state, log_line, make_optimizer, save_state, seed_everything
@@ -38,18 +40,28 @@ from .weight_average import update_average
 
 def train_student(config: dict, command: list[str] | None = None, log=log_line) -> dict:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
+    workers = Workers()  # several ranks when started by torchrun (distributed.py)
+    config, log = workers.for_this_rank(config, log)
     twin_record = None
+    if config["optim"]["twin_epochs"] > 0 or config["distill"]["twin_weight"] > 0:
+        if workers.size > 1:
+            # The twin stage and the twin's layer term run in one process: the twin would need its own
+            # distributed run before the student's, and the layer term maps of the whole global batch.
+            raise InputError("optim.twin_epochs and distill.twin_weight need one process: train the twin "
+                             "first (student.neuron=relu) and pass its export as run.init_checkpoint")
     if config["optim"]["twin_epochs"] > 0:
         config, twin_record = train_twin_first(config, train_student, command, log)
     run = config["run"]
     out_dir = Path(run["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if workers.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, run["threads"]))
     started = time.perf_counter()
-    teacher, teacher_info, teacher_task = resolve_teacher(config, out_dir, log)
-    student_config = StudentConfig.from_dict(config["student"])
-    cache_dir = config["teacher"]["feature_cache"] or str(out_dir / "feature_cache")
-    task = build_task(config, student_config, teacher, cache_dir, getattr(teacher_task, "traverses", None))
+    with workers.main_first():
+        teacher, teacher_info, teacher_task = resolve_teacher(config, out_dir, log)
+        student_config = StudentConfig.from_dict(config["student"])
+        cache_dir = config["teacher"]["feature_cache"] or str(out_dir / "feature_cache")
+        task = build_task(config, student_config, teacher, cache_dir, getattr(teacher_task, "traverses", None))
     terms = DistillationTerms(config, task, teacher is not None)
     for key, reason in terms.disabled.items():
         log(f"note: distill.{key} requested but {reason}")
@@ -59,6 +71,7 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
 
     generator = seed_everything(run["seed"], run["threads"])
     modules = build_modules(config, student_config, task, terms, teacher.embed_dim if teacher else 0)
+    batch_step = workers.training_step(modules, terms, config, task)
     optim = config["optim"]
     optimizer = make_optimizer(modules, optim["lr"], optim["weight_decay"])
     digest = config_digest(config)
@@ -70,7 +83,7 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     finished = _finished_summary(out_dir, digest, optim["epochs"], done, run["export"])
     if finished is not None:
         log(f"{out_dir}: already trained and evaluated; summary.json reused")
-        return finished
+        return finished if workers.is_main else {}
     student = modules["student"]
     if done == 0 and run["init_checkpoint"]:
         log(initialise_from_checkpoint(student, run["init_checkpoint"]))
@@ -82,15 +95,18 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     evaluated = modules["student_average"] if "student_average" in modules else student
     epochs = optim["epochs"]
     for epoch in range(done, epochs):
-        record = _train_epoch(modules, evaluated, optimizer, task, terms, config, generator, epoch)
+        record = _train_epoch(modules, evaluated, optimizer, task, batch_step, config, generator, epoch)
         records.append(record)
-        save_state(state_path, modules, optimizer, generator, epoch + 1, digest, records)
-        lines = "".join(json.dumps(item) + "\n" for item in records)
-        atomic_write_bytes(out_dir / "metrics.jsonl", lines.encode())
+        if workers.is_main:
+            save_state(state_path, modules, optimizer, generator, epoch + 1, digest, records)
+            lines = "".join(json.dumps(item) + "\n" for item in records)
+            atomic_write_bytes(out_dir / "metrics.jsonl", lines.encode())
         figures = (f"{task.metric} {record[task.metric]:.1f}% eval spike rate {record['eval_spike_rate']:.3f}"
                    if task.metric in record else "not validated this epoch")
         log(f"student epoch {epoch + 1}/{epochs}: {figures} ({record['train_seconds']:.0f} s training, "
             f"{record['epoch_cpu_seconds']:.0f} CPU-s in all)")
+    if not workers.is_main:
+        return {}  # rank 0 makes the final figures and writes the summary and the export
     student = evaluated.eval()
     splits = {}
     if isinstance(task, PlaceTask):
@@ -126,12 +142,12 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
 
 
 def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, task,
-                 terms: DistillationTerms, config: dict, generator: torch.Generator, epoch: int) -> dict:
+                 batch_step: LocalStep, config: dict, generator: torch.Generator, epoch: int) -> dict:
     """One epoch of steps (and of weight averaging), then validation of `evaluated`; its record."""
     optim, student = config["optim"], modules["student"]
     epochs = optim["epochs"]
     modules.train()
-    batches = task.epoch_batches(optim["batch_size"], generator)
+    batches = batch_step.batches(task.epoch_batches(optim["batch_size"], generator))
     bar = tqdm(batches, desc=f"student epoch {epoch + 1}/{epochs}", disable=not config["run"]["progress"],
                leave=False)
     epoch_started, cpu_started = time.perf_counter(), time.process_time()
@@ -141,7 +157,7 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
         lr = learning_rate(optim["lr"], progress, optim["warmup_epochs"], epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = batch_losses(modules, task.batch(positions, generator), terms, config, task, progress)
+        losses = batch_step.losses(positions, generator, progress)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-# HNSW is built one point at a time: 100k places took 201 s on one busy core here, so 1M would take
-# over half an hour; above hnsw_max_places its row records that it was not built.
-FULL = {"map_sizes": "10000,100000,1000000", "hnsw_max_places": 100_000, "node_places": 27592,
+# HNSW is built one point at a time: 100k places took 201 s on one busy core here, so 1M takes over
+# half an hour, once: built maps are kept in --map-cache. Above hnsw_max_places its row records that
+# it was not built.
+FULL = {"map_sizes": "10000,100000,1000000", "hnsw_max_places": 1_000_000, "node_places": 27592,
         "node_frames": 900, "eval_places": 27592, "repeats": 300, "vit_repeats": 20, "batch_repeats": 3}
 QUICK = {"map_sizes": "5000,10000,20000", "hnsw_max_places": 20_000, "node_places": 27592,
          "node_frames": 300, "eval_places": 3000, "repeats": 60, "vit_repeats": 5, "batch_repeats": 1}
 DEFAULT_SOAK_FRAMES = 100_000
+DEFAULT_ROUTE_LENGTH = 1000
 NORDLAND_PLACES = 27592
 PARTS = ("encode", "map", "node", "evaluate")
 
@@ -23,6 +25,16 @@ def _map_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected three comma-separated place counts >= 1000 "
                                          f"(the 10k, 100k and 1M rows), got {text!r}")
     return sizes
+
+
+def _descriptor_kinds(text: str) -> tuple[str, ...]:
+    from vl2spike_ros.benchmark.map_search import DESCRIPTOR_KINDS
+
+    kinds = tuple(kind.strip() for kind in text.split(","))
+    if not kinds or any(kind not in DESCRIPTOR_KINDS for kind in kinds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated descriptor kinds from "
+                                         f"{','.join(DESCRIPTOR_KINDS)}, got {text!r}")
+    return tuple(kind for kind in DESCRIPTOR_KINDS if kind in kinds)
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -58,6 +70,19 @@ def add_benchmark_command(commands, handler) -> None:
     bench.add_argument("--soak", type=frames, nargs="?", const=DEFAULT_SOAK_FRAMES, default=None,
                        metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
                                               f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")
+    maps = bench.add_argument_group("map search")
+    maps.add_argument("--map-kinds", type=_descriptor_kinds, default=("isotropic", "route"), metavar="LIST",
+                      help="synthetic descriptors to search: isotropic (the worst case) and/or route (random "
+                           "walks calibrated on --route-data; default both)")
+    maps.add_argument("--route-data", default=None, metavar="DIR",
+                      help="two frame-aligned traverses DIR/summer and DIR/winter (e.g. nordland64) on which the "
+                           "model's consecutive-place and cross-season cosines are measured (needed for route)")
+    maps.add_argument("--route-places", type=places, default=None, metavar="N",
+                      help="calibrate on the first N places of --route-data (default all)")
+    maps.add_argument("--route-length", type=places, default=DEFAULT_ROUTE_LENGTH, metavar="N",
+                      help=f"places per synthetic route (default {DEFAULT_ROUTE_LENGTH})")
+    maps.add_argument("--map-cache", default=None, metavar="DIR",
+                      help="folder keeping built HNSW maps between runs, by content (default OUT/work/map_cache)")
     sizes = bench.add_argument_group("sizes (default: full, or --quick's smaller ones)")
     sizes.add_argument("--map-sizes", type=_map_sizes, default=None, metavar="A,B,C",
                        help=f"the three map sizes (full {FULL['map_sizes']}, quick {QUICK['map_sizes']})")
