@@ -19,10 +19,12 @@ from vl2spike_ros.errors import InputError
 
 AGREEMENT_FOR_RECOMMENDATION = 0.99
 SIZE_LABELS = ("10k", "100k", "1m")
-# key -> (target, "<=" or ">=" or "<"); the targets for this 2-core machine.
+# key -> (target, "<=" or ">=" or "<"); the project's targets for a 2-core machine.
 TARGETS = {
     "speedup_vs_vit_b32_batch1": (25.0, ">="),
-    "energy_ratio_vs_ann_same_shape": (0.10, "<="),
+    # The integer-spike student spends some of the spiking energy advantage on Recall over new track
+    # (docs/training.md, "The spiking gap"); its budget is 0.15 of the ANN of its shape.
+    "energy_ratio_vs_ann_same_shape": (0.15, "<="),
     "energy_ratio_vs_vit_b32": (0.01, "<="),
     "map_route_1m_query_ms": (1.0, "<="),
     "map_route_1m_top1_agreement": (0.99, ">="),
