@@ -20,6 +20,7 @@ from .augmentation import AUGMENT_POLICIES
 from .data import SPLITS
 
 TASKS = ("place", "classification")
+AUTOCASTS = ("off", "bf16")
 
 DEFAULTS: dict[str, Any] = {
     "task": "place",
@@ -97,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": 5.0,
         "ema_decay": 0.0,             # > 0: evaluate and export an exponential moving average of the weights
         "eval_every": 1,              # validate every k epochs (and always after the last)
+        # bf16: the student's forward in training steps under bfloat16 autocast (CPU); losses and
+        # evaluation stay float32. off: float32 throughout.
+        "autocast": "off",
     },
     "run": {
         "out_dir": "runs/train",
@@ -185,6 +189,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for key, allowed in (("split", SPLITS), ("augment_policy", AUGMENT_POLICIES)):
         if config["data"][key] not in allowed:
             raise InputError(f"training config: data.{key} must be one of {allowed}, got {config['data'][key]!r}")
+    if config["optim"]["autocast"] not in AUTOCASTS:
+        raise InputError(f"training config: optim.autocast must be one of {AUTOCASTS}, got {config['optim']['autocast']!r}")
     if not 0.0 <= config["optim"]["ema_decay"] < 1.0:
         raise InputError(f"training config: optim.ema_decay must be in [0, 1), got {config['optim']['ema_decay']}")
     StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
@@ -200,8 +206,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_digest(config: dict) -> str:
-    """Hash of everything that shapes the trained weights (not where outputs go)."""
+    """Hash of everything that shapes the trained weights (not where outputs go). Settings added
+    later are left out where they do not change training (autocast off), so a run begun
+    before them still resumes and a finished one is still recognised."""
     shaping = {key: value for key, value in config.items() if key != "run"}
+    if config["optim"].get("autocast", "off") == "off":
+        shaping["optim"] = {key: value for key, value in config["optim"].items() if key != "autocast"}
     shaping["seed"] = config["run"]["seed"]
     if config["run"]["init_checkpoint"]:
         shaping["init_checkpoint"] = config["run"]["init_checkpoint"]

@@ -78,7 +78,7 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     evaluated = modules["student_average"] if "student_average" in modules else student
     epochs = optim["epochs"]
     for epoch in range(done, epochs):
-        record = _train_epoch(modules, evaluated, optimizer, task, terms, config, generator, epoch)
+        record = train_epoch(modules, evaluated, optimizer, task, terms, config, generator, epoch)
         records.append(record)
         save_state(state_path, modules, optimizer, generator, epoch + 1, digest, records)
         lines = "".join(json.dumps(item) + "\n" for item in records)
@@ -119,10 +119,28 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     return summary
 
 
-def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, task,
-                 terms: DistillationTerms, config: dict, generator: torch.Generator, epoch: int) -> dict:
-    """One epoch of steps (and of weight averaging), then validation of `evaluated`; its record."""
+def train_step(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, batch,
+               terms: DistillationTerms, config: dict, task, progress: float, step: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on `batch`, `progress` epochs into training (`step` steps done): learning
+    rate, losses, clipped AdamW step and weight average; returns the losses."""
     optim, student = config["optim"], modules["student"]
+    lr = learning_rate(optim["lr"], progress, optim["warmup_epochs"], optim["epochs"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = batch_losses(modules, batch, terms, config, task, progress)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    nn.utils.clip_grad_norm_(modules.parameters(), optim["grad_clip"])
+    optimizer.step()
+    if evaluated is not student:
+        update_average(evaluated, student, optim["ema_decay"], step)
+    return losses
+
+
+def train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, task,
+                terms: DistillationTerms, config: dict, generator: torch.Generator, epoch: int) -> dict:
+    """One epoch of steps (and of weight averaging), then validation of `evaluated`; its record."""
+    optim = config["optim"]
     epochs = optim["epochs"]
     modules.train()
     batches = task.epoch_batches(optim["batch_size"], generator)
@@ -131,21 +149,11 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
     epoch_started, cpu_started = time.perf_counter(), time.process_time()
     sums: dict[str, float] = {}
     for step, positions in enumerate(bar):
-        progress = epoch + step / len(batches)
-        lr = learning_rate(optim["lr"], progress, optim["warmup_epochs"], epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = batch_losses(modules, task.batch(positions, generator), terms, config, task, progress)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        nn.utils.clip_grad_norm_(modules.parameters(), optim["grad_clip"])
-        optimizer.step()
-        if evaluated is not student:
-            update_average(evaluated, student, optim["ema_decay"], epoch * len(batches) + step)
+        losses = train_step(modules, evaluated, optimizer, task.batch(positions, generator), terms, config, task,
+                            epoch + step / len(batches), epoch * len(batches) + step)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.item()
-        bar.set_postfix(loss=f"{total.item():.3f}")
+        bar.set_postfix(loss=f"{sum(losses.values()).item():.3f}")
     train_seconds = time.perf_counter() - epoch_started
     validate = (epoch + 1) % optim["eval_every"] == 0 or epoch + 1 == epochs
     metrics = evaluate_student(evaluated, task) if validate else {}
