@@ -52,7 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "teacher": {
         # none | hf-clip:DIR | hf-siglip:DIR | hf:DIR | open-clip:ARCH:FILE | ann:FILE | train-cnn
         "spec": "none",
-        "feature_cache": "",      # directory (keyed files) or one cache file; "": <out_dir>/feature_cache
+        # Trained train-cnn teachers, by digest of what shapes them, shared by runs; "": teacher_cache
+        # beside run.out_dir (runs/teacher_cache for runs/NAME).
+        "cache_dir": "",
+        # directory (keyed files) or one cache file; "": <teacher cache>/features
+        "feature_cache": "",
         "batch_size": 64,
         "prompt_templates": ["a photo of a {}."],
         # place recognition has no class names: SPL uses these scene prompts as pseudo-classes
@@ -205,11 +209,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config
 
 
+def teacher_cache_dir(config: dict) -> Path:
+    """teacher.cache_dir, or teacher_cache beside the run directory: one folder for the runs beside it."""
+    return Path(config["teacher"]["cache_dir"] or Path(config["run"]["out_dir"]).parent / "teacher_cache")
+
+
+def feature_cache_dir(config: dict) -> str:
+    """teacher.feature_cache, or features/ in the teacher cache (files are keyed by teacher and pixels)."""
+    return config["teacher"]["feature_cache"] or str(teacher_cache_dir(config) / "features")
+
+
 def config_digest(config: dict) -> str:
     """Hash of everything that shapes the trained weights (not where outputs go). Settings added
-    later are left out where they do not change training (autocast off), so a run begun
+    later are left out where they do not change training (a folder; autocast off), so a run begun
     before them still resumes and a finished one is still recognised."""
     shaping = {key: value for key, value in config.items() if key != "run"}
+    shaping["teacher"] = {key: value for key, value in config["teacher"].items() if key != "cache_dir"}
     if config["optim"].get("autocast", "off") == "off":
         shaping["optim"] = {key: value for key, value in config["optim"].items() if key != "autocast"}
     shaping["seed"] = config["run"]["seed"]

@@ -4,8 +4,9 @@ batch loss), calibration.py (eval-mode statistics), teacher_training.py (the tea
 (what a batch is, per task), split_report.py (figures per split).
 
 A run directory holds `state.safetensors` (resume point, rewritten atomically each epoch),
-`metrics.jsonl` (one record per epoch, including the eval-mode spike rate), `summary.json`, and,
-when teacher.spec is train-cnn, the trained `teacher.safetensors`.
+`metrics.jsonl` (one record per epoch, including the eval-mode spike rate) and `summary.json`; a
+trained train-cnn teacher and the teacher features live in the teacher cache shared by runs
+(config.teacher_cache_dir).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from vl2spike_ros.core.energy import ann_energy_of
 from vl2spike_ros.model import StudentConfig
 
 from .calibration import center_descriptor_head, recalibrate_batchnorm
-from .config import config_digest
+from .config import config_digest, feature_cache_dir
 from .distillation import DistillationTerms, batch_losses, build_modules
 from .evaluation import evaluate_student
 from .export import energy_of, export_student
@@ -42,10 +43,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, run["threads"]))
     started = time.perf_counter()
-    teacher, teacher_info, teacher_task = resolve_teacher(config, out_dir, log)
+    teacher, teacher_info, teacher_task = resolve_teacher(config, log)
     student_config = StudentConfig.from_dict(config["student"])
-    cache_dir = config["teacher"]["feature_cache"] or str(out_dir / "feature_cache")
-    task = build_task(config, student_config, teacher, cache_dir, getattr(teacher_task, "traverses", None))
+    task = build_task(config, student_config, teacher, feature_cache_dir(config),
+                      getattr(teacher_task, "traverses", None))
     terms = DistillationTerms(config, task, teacher is not None)
     for key, reason in terms.disabled.items():
         log(f"note: distill.{key} requested but {reason}")
