@@ -109,6 +109,8 @@ class Run:
         self.modules = build_modules(self.config, StudentConfig.from_dict(config["student"]), task, self.terms,
                                      task.teacher_query.shape[1])
         set_fused(self.modules["student"], fused)
+        # What the trainer evaluates: the weight average when optim.ema_decay > 0.
+        self.evaluated = self.modules["student_average"] if "student_average" in self.modules else self.modules["student"]
         self.optimizer = make_optimizer(self.modules, self.config["optim"]["lr"], self.config["optim"]["weight_decay"])
         self.batches = task.epoch_batches(self.config["optim"]["batch_size"], self.generator)
         self.steps = 0
@@ -116,12 +118,12 @@ class Run:
     def step(self) -> None:
         self.modules.train()
         positions = self.batches[self.steps % len(self.batches)]
-        train_step(self.modules, self.modules["student"], self.optimizer, self.task.batch(positions, self.generator),
+        train_step(self.modules, self.evaluated, self.optimizer, self.task.batch(positions, self.generator),
                    self.terms, self.config, self.task, 0.5, self.steps)
         self.steps += 1
 
     def epoch(self) -> dict:
-        return train_epoch(self.modules, self.modules["student"], self.optimizer, self.task, self.terms,
+        return train_epoch(self.modules, self.evaluated, self.optimizer, self.task, self.terms,
                            self.config, self.generator, 0)
 
 
