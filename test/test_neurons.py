@@ -15,7 +15,7 @@ from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.energy import estimate_energy
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
-from vl2spike_ros.model.neurons import IntegerLIFNeuron, MembraneReadout, ReluNeuron, round_clamp
+from vl2spike_ros.model.neurons import FusedLIFNode, IntegerLIFNeuron, MembraneReadout, ReluNeuron, round_clamp
 
 
 def photos(size=(64, 32)) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_round_clamp_passes_gradient_inside_its_range_only():
 
 
 @pytest.mark.parametrize("kind, node_type", [("relu", ReluNeuron), ("integer", IntegerLIFNeuron),
-                                             ("plif", neuron.ParametricLIFNode), ("lif", neuron.LIFNode)])
+                                             ("plif", neuron.ParametricLIFNode), ("lif", FusedLIFNode)])
 def test_every_neuron_of_the_backbone_is_the_configured_kind(kind, node_type):
     levels = 4 if kind == "integer" else 1
     model = tiny_student(neuron=kind, spike_levels=levels)

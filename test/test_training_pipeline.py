@@ -1,5 +1,6 @@
 """Config, data, trainer, resume, export, ablation and the CLI, on tiny models and tiny data."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,7 +168,8 @@ def test_classification_distils_from_a_trained_cnn_teacher(tmp_path):
     summary = train_student(load_config(None, overrides), log=messages.append)
     teacher_lines = [m for m in messages if m.startswith("teacher epoch 8/8")]
     assert teacher_lines and "held-out accuracy 100.0%" in teacher_lines[0]  # colours are easy
-    assert (tmp_path / "run" / "teacher.safetensors").is_file()
+    assert summary["teacher"]["cache"] == "trained"
+    assert Path(summary["teacher"]["path"]).parent == tmp_path / "teacher_cache"
     assert summary["distillation"]["weights"]["align_weight"] == 1.0
     assert 0.0 <= summary["final"]["accuracy"] <= 100.0
 

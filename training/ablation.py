@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 from vl2spike_ros.core.atomic_files import atomic_path, atomic_write_bytes, write_json_atomic  # noqa: E402
 from vl2spike_ros.core.energy import E_MAC_PJ  # noqa: E402
 
+from .config import feature_cache_dir  # noqa: E402
 from .loop import log_line  # noqa: E402
 from .teacher_training import TRAIN_CNN, resolve_teacher  # noqa: E402
 from .trainer import train_student  # noqa: E402
@@ -53,7 +54,7 @@ def _variant(config: dict, name: str, keep: tuple[str, ...], out_dir: Path, teac
         if key not in keep:
             variant["distill"][key] = 0.0
     variant["teacher"]["spec"] = teacher_spec if keep else "none"
-    variant["teacher"]["feature_cache"] = config["teacher"]["feature_cache"] or str(out_dir / "feature_cache")
+    variant["teacher"]["feature_cache"] = feature_cache_dir(config)
     variant["run"]["out_dir"] = str(out_dir / f"{name}-seed{seed}")
     variant["run"]["seed"] = seed
     variant["run"]["export"] = ""
@@ -142,7 +143,7 @@ def run_ablation(config: dict, command: list[str] | None = None, log=log_line) -
     out_dir = Path(config["run"]["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = config["run"]["seeds"] or [config["run"]["seed"]]
-    teacher, teacher_info, _ = resolve_teacher(config, out_dir, log)
+    teacher, teacher_info, _ = resolve_teacher(config, log)
     teacher_spec = f"ann:{teacher_info['path']}" if config["teacher"]["spec"] == TRAIN_CNN else config["teacher"]["spec"]
     spl_reason = spl_unavailable_reason(config, teacher)
     with_twin = config["optim"]["twin_epochs"] > 0

@@ -20,6 +20,7 @@ from .augmentation import AUGMENT_POLICIES
 from .data import SPLITS
 
 TASKS = ("place", "classification")
+AUTOCASTS = ("off", "bf16")
 
 DEFAULTS: dict[str, Any] = {
     "task": "place",
@@ -51,7 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "teacher": {
         # none | hf-clip:DIR | hf-siglip:DIR | hf:DIR | open-clip:ARCH:FILE | ann:FILE | train-cnn
         "spec": "none",
-        "feature_cache": "",      # directory (keyed files) or one cache file; "": <out_dir>/feature_cache
+        # Trained train-cnn teachers, by digest of what shapes them, shared by runs; "": teacher_cache
+        # beside run.out_dir (runs/teacher_cache for runs/NAME).
+        "cache_dir": "",
+        # directory (keyed files) or one cache file; "": <teacher cache>/features
+        "feature_cache": "",
         "batch_size": 64,
         "prompt_templates": ["a photo of a {}."],
         # place recognition has no class names: SPL uses these scene prompts as pseudo-classes
@@ -103,6 +108,9 @@ DEFAULTS: dict[str, Any] = {
         # > 0: train the student's ANN twin (student.neuron=relu) for this many epochs first and
         # start the student from it (training/twin_stage.py)
         "twin_epochs": 0,
+        # bf16: the student's forward in training steps under bfloat16 autocast (CPU); losses and
+        # evaluation stay float32. off: float32 throughout.
+        "autocast": "off",
     },
     "run": {
         "out_dir": "runs/train",
@@ -191,6 +199,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for key, allowed in (("split", SPLITS), ("augment_policy", AUGMENT_POLICIES)):
         if config["data"][key] not in allowed:
             raise InputError(f"training config: data.{key} must be one of {allowed}, got {config['data'][key]!r}")
+    if config["optim"]["autocast"] not in AUTOCASTS:
+        raise InputError(f"training config: optim.autocast must be one of {AUTOCASTS}, got {config['optim']['autocast']!r}")
     if not 0.0 <= config["optim"]["ema_decay"] < 1.0:
         raise InputError(f"training config: optim.ema_decay must be in [0, 1), got {config['optim']['ema_decay']}")
     StudentConfig.from_dict(config["student"])  # raises InputError on a bad student shape
@@ -210,9 +220,24 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config
 
 
+def teacher_cache_dir(config: dict) -> Path:
+    """teacher.cache_dir, or teacher_cache beside the run directory: one folder for the runs beside it."""
+    return Path(config["teacher"]["cache_dir"] or Path(config["run"]["out_dir"]).parent / "teacher_cache")
+
+
+def feature_cache_dir(config: dict) -> str:
+    """teacher.feature_cache, or features/ in the teacher cache (files are keyed by teacher and pixels)."""
+    return config["teacher"]["feature_cache"] or str(teacher_cache_dir(config) / "features")
+
+
 def config_digest(config: dict) -> str:
-    """Hash of everything that shapes the trained weights (not where outputs go)."""
+    """Hash of everything that shapes the trained weights (not where outputs go). Settings added
+    later are left out where they do not change training (a folder; autocast off), so a run begun
+    before them still resumes and a finished one is still recognised."""
     shaping = {key: value for key, value in config.items() if key != "run"}
+    shaping["teacher"] = {key: value for key, value in config["teacher"].items() if key != "cache_dir"}
+    if config["optim"].get("autocast", "off") == "off":
+        shaping["optim"] = {key: value for key, value in config["optim"].items() if key != "autocast"}
     shaping["seed"] = config["run"]["seed"]
     if config["run"]["init_checkpoint"]:
         shaping["init_checkpoint"] = config["run"]["init_checkpoint"]

@@ -2,11 +2,13 @@
 (task loss plus the switched-on SVS and SPL terms)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.model import SpikformerStudent, StudentConfig
+from vl2spike_ros.model import SpikformerStudent, StudentConfig, StudentOutput
 
 from .energy_term import EnergyTap
 from .losses import (ManifoldAlignment, PrototypeBank, alignment_cosine, membrane_consistency,
@@ -71,11 +73,27 @@ def build_modules(config: dict, student_config: StudentConfig, task, terms: Dist
     return modules
 
 
+def student_forward(student: SpikformerStudent, images: torch.Tensor, return_membrane: bool,
+                    autocast: str) -> StudentOutput:
+    """The student's training forward, under bfloat16 autocast when `autocast` is bf16; its
+    outputs come back in float32 either way, so every loss is computed in float32."""
+    if autocast == "off":
+        return student(images, return_membrane=return_membrane)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        output = student(images, return_membrane=return_membrane)
+    return StudentOutput(**{field.name: _float32(getattr(output, field.name))
+                            for field in dataclasses.fields(output)})
+
+
+def _float32(value):
+    return [item.float() for item in value] if isinstance(value, list) else value.float()
+
+
 def batch_losses(modules: nn.ModuleDict, batch, terms: DistillationTerms, config: dict, task,
                  epoch_progress: float) -> dict[str, torch.Tensor]:
     distill = config["distill"]
     want_membrane = terms.on("temporal_weight") and terms.membrane_weight > 0
-    output = modules["student"](batch.images, return_membrane=want_membrane)
+    output = student_forward(modules["student"], batch.images, want_membrane, config["optim"]["autocast"])
     losses = {"task": batch.task_loss(output.descriptor)}
     projected = modules["alignment"].project(output.descriptor) if "alignment" in modules else None
     if terms.on("align_weight"):
@@ -93,7 +111,7 @@ def batch_losses(modules: nn.ModuleDict, batch, terms: DistillationTerms, config
     if terms.on("energy_weight"):
         losses["energy"] = terms.weights["energy_weight"] * terms.energy_tap.ratio()
     if terms.on("twin_weight"):
-        student_maps = terms.student_tap.take()
+        student_maps = {name: value.float() for name, value in terms.student_tap.take().items()}
         with torch.no_grad():
             terms.twin(batch.images)
         losses["twin"] = terms.weights["twin_weight"] * layer_alignment(student_maps, terms.twin_tap.take())

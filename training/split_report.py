@@ -7,7 +7,6 @@ places; the test stretch (route_tail) is new track. "whole_route" includes train
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,6 +17,7 @@ from vl2spike_ros.core.checkpoint import load_checkpoint
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.evaluation.baselines import evaluate_similarity, patch_normalise, sad_similarity
 
+from .config import feature_cache_dir
 from .evaluation import embed_in_batches
 from .loop import log_line
 from .tasks import PlaceTask
@@ -81,8 +81,7 @@ def report_checkpoint(config: dict, checkpoint: str, out: str | None = None, log
     model, info = load_checkpoint(checkpoint)
     teacher = None if config["teacher"]["spec"] in ("", "none") else load_teacher(
         config["teacher"]["spec"], config["teacher"]["batch_size"])
-    cache_dir = config["teacher"]["feature_cache"] or str(Path(config["run"]["out_dir"]) / "feature_cache")
-    task = PlaceTask(config, model.config, teacher, cache_dir)
+    task = PlaceTask(config, model.config, teacher, feature_cache_dir(config))
     report = {"checkpoint": str(checkpoint), "fingerprint": info.fingerprint, "split": config["data"]["split"],
               "data": task.describe(), "splits": split_figures(task, lambda images: model(images).descriptor)}
     for line in format_split_figures(report["splits"]):

@@ -1,6 +1,8 @@
 """Trains the ANN CNN teacher (ann_encoder) on the student's own task and training data: InfoNCE
 across seasons on the training places of the same split (places never seen by the teacher stay
-held out), or the cosine classifier's cross-entropy on the training images (classification)."""
+held out), or the cosine classifier's cross-entropy on the training images (classification).
+Trained teachers are kept in the teacher cache (config.teacher_cache_dir) by the digest of what
+shapes them, so runs with the same teacher settings and data train it once."""
 from __future__ import annotations
 
 import hashlib
@@ -8,12 +10,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 from tqdm import tqdm
 
 from vl2spike_ros.model import StudentConfig
 
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
+from .config import teacher_cache_dir
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
 from .tasks import ClassificationTask, CosineClassifier, PlaceTask, build_task
 from .teachers import AnnTeacher, load_teacher
@@ -21,24 +25,26 @@ from .teachers import AnnTeacher, load_teacher
 TRAIN_CNN = "train-cnn"
 
 
-def teacher_digest(config: dict) -> str:
-    """What shapes the teacher: its own settings, the data and split, the student's input size and
-    normalisation, and the seed."""
+def teacher_digest(config: dict, task: PlaceTask | ClassificationTask) -> str:
+    """What shapes the teacher: its own settings, the data settings (paths, split, augmentation),
+    the pixels it trains and is validated on as loaded (and the places' frame numbers or the
+    labels), the student's input size and normalisation, and the seed."""
+    pixels = hashlib.sha256()
+    arrays = ((task.traverses.frames, task.traverses.reference, task.traverses.query) if isinstance(task, PlaceTask)
+              else (task.train.labels, task.train.images, task.val.labels, task.val.images))
+    for array in arrays:
+        pixels.update(np.ascontiguousarray(array).tobytes())
     shaping = {"cnn": config["teacher"]["cnn"], "data": config["data"], "seed": config["run"]["seed"],
+               "pixels": pixels.hexdigest(),
                "input": {key: config["student"][key] for key in
                          ("image_height", "image_width", "in_channels", "input_normalization", "patch_norm_size")}}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_path: Path, log=log_line) -> dict:
-    """Trains (or reuses, when `out_path` holds a teacher of the same digest) the CNN teacher.
-    Returns its provenance (settings, split, held-out metrics, timing)."""
-    digest = teacher_digest(config)
-    if out_path.is_file():
-        _, _, _, provenance = load_ann_encoder(out_path)
-        if provenance.get("digest") == digest:
-            log(f"teacher: reusing {out_path} (same settings and data)")
-            return provenance
+def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_path: Path, digest: str,
+                      log=log_line) -> dict:
+    """Trains the CNN teacher and writes it to `out_path` (atomically). Returns its provenance
+    (digest, settings, split, held-out metrics, timing)."""
     settings = config["teacher"]["cnn"]
     student = config["student"]
     generator = seed_everything(config["run"]["seed"], config["run"]["threads"])
@@ -88,20 +94,35 @@ def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_pa
     return provenance
 
 
-def resolve_teacher(config: dict, out_dir: Path, log=log_line):
+def cached_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, log=log_line) -> tuple[Path, dict, bool]:
+    """The train-cnn teacher from the teacher cache, trained into it first when no teacher of the
+    same digest is there: (path, provenance, whether it was reused)."""
+    digest = teacher_digest(config, task)
+    path = teacher_cache_dir(config) / f"teacher-{digest[:24]}.safetensors"
+    if path.is_file():
+        _, _, _, provenance = load_ann_encoder(path)
+        if provenance.get("digest") == digest:
+            log(f"teacher: reused {path} from the teacher cache (same settings and data)")
+            return path, provenance, True
+    provenance = train_cnn_teacher(config, task, path, digest, log)
+    log(f"teacher: trained and cached as {path}")
+    return path, provenance, False
+
+
+def resolve_teacher(config: dict, log=log_line):
     """-> (teacher or None, teacher provenance, the task built on the way to train one, or None).
 
-    train-cnn trains the CNN teacher on the run's own task and split first (reused when
-    <out_dir>/teacher.safetensors was trained with the same settings); other specs load a teacher."""
+    train-cnn trains the CNN teacher on the run's own task and split first, or reuses the one in
+    the teacher cache trained with the same settings and data; other specs load a teacher."""
     spec = config["teacher"]["spec"]
     if spec in ("", "none"):
         return None, {"spec": "none"}, None
     if spec == TRAIN_CNN:
-        path = out_dir / "teacher.safetensors"
         task = build_task(config, StudentConfig.from_dict(config["student"]), None, "")
-        provenance = train_cnn_teacher(config, task, path, log)
+        path, provenance, reused = cached_cnn_teacher(config, task, log)
         teacher = AnnTeacher(path)
-        return teacher, {"spec": spec, "path": str(path), "identity": teacher.identity,
-                         "description": teacher.description, "training": provenance}, task
+        return teacher, {"spec": spec, "path": str(path), "cache": "reused" if reused else "trained",
+                         "identity": teacher.identity, "description": teacher.description,
+                         "training": provenance}, task
     teacher = load_teacher(spec, config["teacher"]["batch_size"])
     return teacher, {"spec": spec, "identity": teacher.identity, "description": teacher.description}, None

@@ -4,8 +4,9 @@ batch loss), calibration.py (eval-mode statistics), teacher_training.py (the tea
 (what a batch is, per task), split_report.py (figures per split).
 
 A run directory holds `state.safetensors` (resume point, rewritten atomically each epoch),
-`metrics.jsonl` (one record per epoch, including the eval-mode spike rate), `summary.json`, and,
-when teacher.spec is train-cnn, the trained `teacher.safetensors`.
+`metrics.jsonl` (one record per epoch, including the eval-mode spike rate) and `summary.json`; a
+trained train-cnn teacher and the teacher features live in the teacher cache shared by runs
+(config.teacher_cache_dir).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
 
 from .calibration import center_descriptor_head, recalibrate_batchnorm
-from .config import config_digest
+from .config import config_digest, feature_cache_dir
 from .distillation import DistillationTerms, build_modules
 from .distributed import LocalStep, Workers
 from .evaluation import evaluate_student
@@ -58,10 +59,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     torch.set_num_threads(max(1, run["threads"]))
     started = time.perf_counter()
     with workers.main_first():
-        teacher, teacher_info, teacher_task = resolve_teacher(config, out_dir, log)
+        teacher, teacher_info, teacher_task = resolve_teacher(config, log)
         student_config = StudentConfig.from_dict(config["student"])
-        cache_dir = config["teacher"]["feature_cache"] or str(out_dir / "feature_cache")
-        task = build_task(config, student_config, teacher, cache_dir, getattr(teacher_task, "traverses", None))
+        task = build_task(config, student_config, teacher, feature_cache_dir(config),
+                          getattr(teacher_task, "traverses", None))
     terms = DistillationTerms(config, task, teacher is not None)
     for key, reason in terms.disabled.items():
         log(f"note: distill.{key} requested but {reason}")
@@ -95,7 +96,7 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     evaluated = modules["student_average"] if "student_average" in modules else student
     epochs = optim["epochs"]
     for epoch in range(done, epochs):
-        record = _train_epoch(modules, evaluated, optimizer, task, batch_step, config, generator, epoch)
+        record = train_epoch(modules, evaluated, optimizer, task, batch_step, config, generator, epoch)
         records.append(record)
         if workers.is_main:
             save_state(state_path, modules, optimizer, generator, epoch + 1, digest, records)
@@ -141,10 +142,29 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     return summary
 
 
-def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, task,
-                 batch_step: LocalStep, config: dict, generator: torch.Generator, epoch: int) -> dict:
-    """One epoch of steps (and of weight averaging), then validation of `evaluated`; its record."""
+def train_step(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer,
+               batch_step: LocalStep, positions, generator: torch.Generator, config: dict, progress: float,
+               step: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on the batch of training `positions`, `progress` epochs into training (`step`
+    steps done): learning rate, losses, clipped AdamW step and weight average; returns the losses."""
     optim, student = config["optim"], modules["student"]
+    lr = learning_rate(optim["lr"], progress, optim["warmup_epochs"], optim["epochs"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = batch_step.losses(positions, generator, progress)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    nn.utils.clip_grad_norm_(modules.parameters(), optim["grad_clip"])
+    optimizer.step()
+    if evaluated is not student:
+        update_average(evaluated, student, optim["ema_decay"], step)
+    return losses
+
+
+def train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.optim.Optimizer, task,
+                batch_step: LocalStep, config: dict, generator: torch.Generator, epoch: int) -> dict:
+    """One epoch of steps (and of weight averaging), then validation of `evaluated`; its record."""
+    optim = config["optim"]
     epochs = optim["epochs"]
     modules.train()
     batches = batch_step.batches(task.epoch_batches(optim["batch_size"], generator))
@@ -153,21 +173,11 @@ def _train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.
     epoch_started, cpu_started = time.perf_counter(), time.process_time()
     sums: dict[str, float] = {}
     for step, positions in enumerate(bar):
-        progress = epoch + step / len(batches)
-        lr = learning_rate(optim["lr"], progress, optim["warmup_epochs"], epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = batch_step.losses(positions, generator, progress)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        nn.utils.clip_grad_norm_(modules.parameters(), optim["grad_clip"])
-        optimizer.step()
-        if evaluated is not student:
-            update_average(evaluated, student, optim["ema_decay"], epoch * len(batches) + step)
+        losses = train_step(modules, evaluated, optimizer, batch_step, positions, generator, config,
+                            epoch + step / len(batches), epoch * len(batches) + step)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.item()
-        bar.set_postfix(loss=f"{total.item():.3f}")
+        bar.set_postfix(loss=f"{sum(losses.values()).item():.3f}")
     train_seconds = time.perf_counter() - epoch_started
     validate = (epoch + 1) % optim["eval_every"] == 0 or epoch + 1 == epochs
     metrics = evaluate_student(evaluated, task) if validate else {}
