@@ -235,7 +235,9 @@ def config_digest(config: dict) -> str:
     later are left out where they do not change training (a folder; autocast off), so a run begun
     before them still resumes and a finished one is still recognised."""
     shaping = {key: value for key, value in config.items() if key != "run"}
-    shaping["teacher"] = {key: value for key, value in config["teacher"].items() if key != "cache_dir"}
+    # Folders, not settings: cached teachers and features are keyed by what they hold.
+    shaping["teacher"] = {key: value for key, value in config["teacher"].items()
+                          if key not in ("cache_dir", "feature_cache")}
     if config["optim"].get("autocast", "off") == "off":
         shaping["optim"] = {key: value for key, value in config["optim"].items() if key != "autocast"}
     shaping["seed"] = config["run"]["seed"]
