@@ -1,4 +1,4 @@
-"""The figures every place-recognition run reports (issue 7's protocol): on each split (validation,
+"""The figures every place-recognition run reports (the route_tail protocol): on each split (validation,
 test stretch, whole route), the student, the teacher and patch-normalised pixels, single frame and
 with sequence matching, all through the runtime's own metrics and sequence code.
 
