@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vl2spike_ros.benchmark.measure import percentile_summary, sample_ms
+from vl2spike_ros.benchmark.measure import sample_ms
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.energy import count_macs, estimate_energy
 from vl2spike_ros.errors import InputError

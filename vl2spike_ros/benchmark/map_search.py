@@ -84,8 +84,9 @@ def search_at_size(descriptors: np.ndarray, queries: np.ndarray, fingerprint: st
             if exact_top1 is None:
                 exact_top1 = ids[:, 0].copy()
             position = iter(range(10**12))
-            latency = sample_ms(lambda: place_map.search(queries[next(position) % len(queries)][None], 5),
-                                repeats, warmup=3)
+            latency = sample_ms(
+                lambda searched=place_map: searched.search(queries[next(position) % len(queries)][None], 5),
+                repeats, warmup=3)
             row = {"places": places, "index": kind, "build_s": round(build_s, 2), **origin,
                    "resident_mb": round(added_mb, 1), "query_ms": percentile_summary(latency),
                    "top1_agreement": round(float(np.mean(ids[:, 0] == exact_top1)), 4),
