@@ -127,6 +127,19 @@ def test_a_finished_run_is_reused_not_evaluated_again(tmp_path):
     with pytest.raises(InputError, match="different training config"):
         train_student(changed, log=lambda _: None)
 
+    # A state whose digest hashed settings this code leaves out (a folder, say): the finished
+    # summary of the same config is still recognised, not refused.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    state_path = tmp_path / "run" / "state.safetensors"
+    with safe_open(str(state_path), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(str(state_path)), str(state_path), metadata={**metadata, "config_digest": "0" * 64})
+    messages = []
+    train_student(config, log=messages.append)
+    assert any("summary.json reused" in message for message in messages)
+
 
 def test_report_gives_the_split_figures_of_a_checkpoint(tmp_path, capsys):
     from vl2spike_training.cli import main

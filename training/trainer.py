@@ -78,13 +78,15 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     digest = config_digest(config)
     state_path = out_dir / "state.safetensors"
     done, records = 0, []
-    if run["resume"] and state_path.is_file():
-        done, records = load_state(state_path, modules, optimizer, generator, digest)
-        log(f"resuming {out_dir} after epoch {done}")
-    finished = _finished_summary(out_dir, digest, optim["epochs"], done, run["export"])
+    # A finished run is recognised by its summary's config, before its training state is read: the
+    # state's digest may come from a version of the code that hashed a setting this one leaves out.
+    finished = _finished_summary(out_dir, digest, optim["epochs"], run["export"]) if run["resume"] else None
     if finished is not None:
         log(f"{out_dir}: already trained and evaluated; summary.json reused")
         return finished if workers.is_main else {}
+    if run["resume"] and state_path.is_file():
+        done, records = load_state(state_path, modules, optimizer, generator, digest)
+        log(f"resuming {out_dir} after epoch {done}")
     student = modules["student"]
     if done == 0 and run["init_checkpoint"]:
         log(initialise_from_checkpoint(student, run["init_checkpoint"]))
@@ -187,14 +189,16 @@ def train_epoch(modules: nn.ModuleDict, evaluated: nn.Module, optimizer: torch.o
             **{f"loss_{name}": value / max(1, len(batches)) for name, value in sums.items()}, **metrics}
 
 
-def _finished_summary(out_dir: Path, digest: str, epochs: int, done: int, export: str) -> dict | None:
+def _finished_summary(out_dir: Path, digest: str, epochs: int, export: str) -> dict | None:
     """The summary of a run of this config that already finished every epoch (an ablation rerun
     over more seeds reuses it instead of evaluating again); None when there is work left, or an
     export was asked for that the summary does not have."""
     path = out_dir / "summary.json"
-    if done < epochs or not path.is_file():
+    if not path.is_file():
         return None
     summary = json.loads(path.read_text())
+    if len(summary.get("epochs", [])) < epochs:
+        return None
     config = summary.get("config")
     if not config or config_digest(config) != digest:
         return None
