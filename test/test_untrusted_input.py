@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -351,16 +352,25 @@ def test_read_only_output_folder_is_one_line(inputs, tmp_path, command):
 MiB = 1 << 20
 
 
+# Runs the command as its only child and prints that child's peak resident set: forked straight from
+# pytest, a child's peak would start at the test process's own size (its pages count until exec).
+PEAK_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
 def peak_rss_of_command(args: list) -> tuple[int, str, int]:
-    """(exit code, stderr, peak resident bytes) of the real command; os.wait4 reports that child's
-    own peak, where getrusage(RUSAGE_CHILDREN) would report the largest of all children so far."""
+    """(exit code, stderr, peak resident bytes) of the real command, measured by a small wrapper
+    process whose only child it is."""
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen([*VL2SPIKE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        result = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *VL2SPIKE, *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         stderr.seek(0)
-        return process.returncode, stderr.read().decode(errors="replace"), usage.ru_maxrss * 1024
+        code, peak_kib = (int(value) for value in result.stdout.split()[-2:])
+        return code, stderr.read().decode(errors="replace"), peak_kib * 1024
 
 
 def pad_sparse(path: Path, size: int) -> None:
