@@ -44,11 +44,10 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     workers = Workers()  # several ranks when started by torchrun (distributed.py)
     config, log = workers.for_this_rank(config, log)
     twin_record = None
-    if config["optim"]["twin_epochs"] > 0 or config["distill"]["twin_weight"] > 0:
-        if workers.size > 1:
-            # The twin stage and the twin's layer term run in one process: the twin would need its own
-            # distributed run before the student's, and the layer term maps of the whole global batch.
-            raise InputError("optim.twin_epochs and distill.twin_weight need one process: train the twin "
+    if workers.size > 1 and (config["optim"]["twin_epochs"] > 0 or config["distill"]["twin_weight"] > 0):
+        # The twin stage and the twin's layer term run in one process: the twin would need its own
+        # distributed run before the student's, and the layer term maps of the whole global batch.
+        raise InputError("optim.twin_epochs and distill.twin_weight need one process: train the twin "
                              "first (student.neuron=relu) and pass its export as run.init_checkpoint")
     if config["optim"]["twin_epochs"] > 0:
         config, twin_record = train_twin_first(config, train_student, command, log)

@@ -12,8 +12,8 @@
 * ``relu``: ``ReluNeuron``, the ANN twin: the same network with every neuron replaced by a ReLU.
   It is not spiking; it measures what the shape and the recipe reach without spikes.
 
-The non-spikingjelly neurons keep the few attributes the student and the trainer use on every
-neuron (``store_v_seq``, ``v_seq``, ``surrogate_function``, ``reset``).
+The non-spikingjelly neurons share ``_NeuronState``: the few attributes the student and the
+trainer use on every neuron.
 """
 from __future__ import annotations
 
@@ -24,17 +24,22 @@ from torch import nn
 from .config import NEURONS
 
 
-class ReluNeuron(nn.Module):
-    """A ReLU where a spiking neuron was; ``v_seq`` (when stored) is its input."""
+class _NeuronState(nn.Module):
+    """The attributes the student sets and reads on every neuron (spikingjelly's names): whether to
+    keep the membrane sequence, the sequence, the surrogate (unused here), and reset()."""
 
     def __init__(self) -> None:
         super().__init__()
         self.store_v_seq = False
         self.v_seq: torch.Tensor | None = None
-        self.surrogate_function: nn.Module | None = None  # unused; the student sets it on every neuron
+        self.surrogate_function: nn.Module | None = None
 
     def reset(self) -> None:
         self.v_seq = None
+
+
+class ReluNeuron(_NeuronState):
+    """A ReLU where a spiking neuron was; ``v_seq`` (when stored) is its input."""
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if self.store_v_seq:
@@ -48,7 +53,7 @@ def round_clamp(values: torch.Tensor, levels: int) -> torch.Tensor:
     return clamped + (clamped.round() - clamped).detach()
 
 
-class IntegerLIFNeuron(nn.Module):
+class IntegerLIFNeuron(_NeuronState):
     """Leaky integrate-and-fire with integer spikes: each step ``v = v * (1 - 1/tau) + x``, then
     ``s = round(clamp(v / v_threshold, 0, levels))`` spikes and a soft reset ``v -= s * v_threshold``
     (detached, like the LIF nodes' ``detach_reset``)."""
@@ -58,12 +63,6 @@ class IntegerLIFNeuron(nn.Module):
         self.levels = int(levels)
         self.decay = 1.0 - 1.0 / float(tau)
         self.v_threshold = float(v_threshold)
-        self.store_v_seq = False
-        self.v_seq: torch.Tensor | None = None
-        self.surrogate_function: nn.Module | None = None  # unused; the student sets it on every neuron
-
-    def reset(self) -> None:
-        self.v_seq = None
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, decay={self.decay:g}, v_threshold={self.v_threshold:g}"
@@ -202,20 +201,11 @@ def replace_neurons(model: nn.Module, kind: str, levels: int) -> None:
             setattr(module, name, replacement)
 
 
-class MembraneReadout(nn.Module):
+class MembraneReadout(_NeuronState):
     """A non-spiking integrator in place of the last block's output neuron: step t emits the mean
     input current of steps 1..t (its membrane potential divided by t), so the descriptor is read
     from real-valued potentials instead of 0/1 spike counts. Only pooling and the descriptor
     projection (a MAC layer already) see it, so no synaptic operation changes kind."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store_v_seq = False
-        self.v_seq: torch.Tensor | None = None
-        self.surrogate_function: nn.Module | None = None
-
-    def reset(self) -> None:
-        self.v_seq = None
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         steps = torch.arange(1, x_seq.shape[0] + 1, device=x_seq.device, dtype=x_seq.dtype)
