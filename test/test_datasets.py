@@ -36,7 +36,7 @@ def test_nordland_layout_in_name_order_with_frame_numbers(tmp_path: Path, photo_
     for frame, image in sequence:
         assert np.array_equal(image, by_number[frame.frame])
     assert np.array_equal(sequence.read(3), by_number[240])
-    assert sequence.check_uniform_size() == (32, 64)
+    sequence.check_readable()
 
 
 def test_unpadded_frame_numbers_are_ordered_by_number_not_by_name(tmp_path: Path, photo_crops):
@@ -79,12 +79,13 @@ def test_frame_numbers_fall_back_to_indices_unless_all_names_have_them(tmp_path:
         ("a7.jpg", 0), ("b.jpg", 1), ("c3.jpg", 2)]
 
 
-def test_mixed_sizes_name_the_first_odd_file(tmp_path: Path, photo_crops):
-    write_rgb(tmp_path / "images-00010.png", photo_crops[0])
-    write_rgb(tmp_path / "images-00020.png", photo_crops[1][:16])
-    write_rgb(tmp_path / "images-00030.png", photo_crops[2][:8])
-    with pytest.raises(InputError, match=r"images-00020\.png: size 64x16 .* 64x32"):
-        ImageFolderSequence(tmp_path).check_uniform_size()
+def test_a_folder_of_mixed_sizes_is_read_as_it_is(tmp_path: Path, photo_crops):
+    crops = [photo_crops[0], photo_crops[1][:16], photo_crops[2][:8]]
+    for number, crop in zip((10, 20, 30), crops):
+        write_rgb(tmp_path / f"images-000{number}.png", crop)
+    sequence = ImageFolderSequence(tmp_path)
+    sequence.check_readable()
+    assert [image.shape[:2] for _, image in sequence] == [(32, 64), (16, 64), (8, 64)]
 
 
 def test_unreadable_file_in_folder_names_it(tmp_path: Path, photo_crops):
@@ -92,7 +93,7 @@ def test_unreadable_file_in_folder_names_it(tmp_path: Path, photo_crops):
     (tmp_path / "images-00020.png").touch()
     sequence = ImageFolderSequence(tmp_path)
     with pytest.raises(InputError, match=r"images-00020\.png: file is empty"):
-        sequence.check_uniform_size()
+        sequence.check_readable()
 
 
 def test_empty_folder_and_non_folder_are_refused(tmp_path: Path):

@@ -22,12 +22,12 @@ from vl2spike_ros.core.place_map import Place, PlaceMap
 
 
 def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
-    """Opens a folder or bag and refuses mixed image sizes before any work is done."""
+    """Opens a folder or bag and refuses an unreadable image in a folder before any work is done."""
     if not Path(path).exists():
         raise InputError(f"images {path}: no such folder or bag")
     sequence = open_sequence(path, topic)
     if isinstance(sequence, ImageFolderSequence):
-        sequence.check_uniform_size()
+        sequence.check_readable()
     return sequence
 
 

@@ -63,19 +63,10 @@ class ImageFolderSequence:
         for frame, file in zip(self._frames, self.files):
             yield frame, read_image(file)
 
-    def check_uniform_size(self) -> tuple[int, int]:
-        """Return the common (height, width); InputError naming the first file that differs."""
-        expected: tuple[int, int] | None = None
+    def check_readable(self) -> None:
+        """Decodes every image once, so an unreadable file is refused (InputError naming it) before
+        any work. Sizes may differ: the encoder fits each frame to the model's input by its
+        resize mode, and benchmark sets of places (VPR-Bench crops) mix sizes and aspect ratios."""
         for file in self.files:
-            # OpenCV has no header-only read; decoding also catches unreadable files early.
-            height, width = read_image(file).shape[:2]
-            size = (height, width)
-            if expected is None:
-                expected = size
-            elif size != expected:
-                raise InputError(
-                    f"image file {file}: size {size[1]}x{size[0]} (WxH) differs from "
-                    f"{expected[1]}x{expected[0]} of {self.files[0].name} (expected all images of one size)"
-                )
-        assert expected is not None  # the constructor refuses empty folders
-        return expected
+            # OpenCV has no header-only read; decoding is what proves a file readable.
+            read_image(file)
