@@ -2,7 +2,8 @@
 
 An architecture is named in the config (`architecture`), so the checkpoint format is not tied to
 one network: any encoder registered in ARCHITECTURES loads through `load_ann_encoder`.
-The one registered now is the small place-recognition CNN of design §4 (~1.1 M parameters).
+Registered: the small place-recognition CNN of design §4 (~1.1 M parameters), and EfficientNet-Lite0
+cut after a number of its blocks (pretrained_encoder.py), which starts from ImageNet weights.
 """
 from __future__ import annotations
 
@@ -53,7 +54,14 @@ class PlaceCNN(nn.Module):
         return F.normalize(self.projection(self.pool(tokens)), dim=-1)
 
 
-ARCHITECTURES = {"place-cnn": PlaceCNN}
+def _efficientnet_place(config: dict) -> nn.Module:
+    # Imported on use: the EfficientNet packages are a training extra that place-cnn runs do not need.
+    from .pretrained_encoder import EfficientNetPlace
+
+    return EfficientNetPlace(config)
+
+
+ARCHITECTURES = {"place-cnn": PlaceCNN, "efficientnet-lite0": _efficientnet_place}
 
 
 def place_cnn_config(widths: list[int], strides: list[int], embed_dim: int, image_height: int, image_width: int,

@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
         "max_places": 0,          # 0: all; else the first N places (pilots, tests)
         "hard_negative_run": 0,   # > 1: batches of runs of that many nearby places (hard negatives)
         "tolerance_frames": 10,   # a match within +-10 original frames (+-1 Nordland place) is correct
+        # Places off the route (training/domains.py): extra training domains, each adding
+        # extra_per_batch places to every step, and pairs of folders validated at every validation.
+        "extra_domains": [],
+        "extra_per_batch": 16,
+        "validation_sets": [],
         # classification: image folders <root>/<class>/*.jpg
         "train": "",
         "val": "",
@@ -62,7 +67,12 @@ DEFAULTS: dict[str, Any] = {
         # place recognition has no class names: SPL uses these scene prompts as pseudo-classes
         # (each image takes the prompt its teacher embedding is closest to).
         "place_prompts": [],
-        "cnn": {                  # the ANN CNN teacher trained by `train-cnn`
+        "cnn": {                  # the ANN teacher trained by `train-cnn`
+            # place-cnn: our small CNN from scratch; efficientnet-lite0: ImageNet weights
+            # fine-tuned for places (training/pretrained_encoder.py; blocks and upsample apply to it)
+            "architecture": "place-cnn",
+            "blocks": 10,
+            "upsample": 2.0,
             "widths": [32, 64, 128, 256],
             "strides": [2, 2, 2, 2],  # 32x64 in, 2x4 out
             "embed_dim": 256,

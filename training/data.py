@@ -26,6 +26,11 @@ def to_student_tensor(images: list[np.ndarray], config: StudentConfig) -> torch.
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
 
+def student_size_images(images: torch.Tensor) -> list[np.ndarray]:
+    """uint8 [N, C, H, W] -> RGB uint8 [H, W, C] arrays (for teachers that take images)."""
+    return list(images.permute(0, 2, 3, 1).numpy())
+
+
 def as_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float() / 255.0
 

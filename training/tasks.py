@@ -18,7 +18,9 @@ from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig, StudentOutput
 
 from .augmentation import augment
-from .data import ClassImages, PlaceSplit, PlaceTraverses, as_float, load_class_folders, load_place_traverses, make_split
+from .data import (ClassImages, PlaceSplit, PlaceTraverses, as_float, load_class_folders, load_place_traverses,
+                   make_split, student_size_images)
+from .domains import extra_place_ids, load_extra_domains, load_validation_sets
 from .evaluation import embed_in_batches, place_recall, recall_from_embeddings
 from .feature_cache import teacher_features
 from .loop import epoch_batches
@@ -50,6 +52,10 @@ class PlaceTask:
         self.hard_negative_run = data["hard_negative_run"]
         self.temperature = config["optim"]["task_temperature"]
         self.num_train = len(self.split.train)
+        self.extra_domains = load_extra_domains(data["extra_domains"], student)
+        self.extra_per_batch = data["extra_per_batch"]
+        self.batch_size = config["optim"]["batch_size"]
+        self.validation_sets = load_validation_sets(data["validation_sets"], student)
         self.teacher_query = self.teacher_reference = None
         self.text = None
         self.spl_reason = "no teacher"
@@ -65,6 +71,17 @@ class PlaceTask:
                 self.spl_reason = ("teacher has no text side" if self.text is None else
                                    f"pseudo-classes: the closest of the scene prompts {prompts} "
                                    "to the teacher's image embedding")
+        self.extra_teacher = []
+        if teacher is not None:
+            for domain in self.extra_domains:
+                query = teacher_features(teacher, student_size_images(domain.query), cache_dir, f"{domain.name}-query")
+                reference = (query if domain.reference is domain.query else
+                             teacher_features(teacher, student_size_images(domain.reference), cache_dir,
+                                              f"{domain.name}-reference"))
+                self.extra_teacher.append((query, reference))
+        if self.extra_domains and self.text is not None:
+            raise InputError("training config: SPL (teacher.place_prompts) covers the route's places only; "
+                             "set data.extra_domains to [] or teacher.place_prompts to []")
         if self.text is not None:
             self.pseudo_query = (self.teacher_query @ self.text.T).argmax(dim=1)
             self.pseudo_reference = (self.teacher_reference @ self.text.T).argmax(dim=1)
@@ -104,14 +121,26 @@ class PlaceTask:
 
     def batch(self, positions: np.ndarray, generator: torch.Generator) -> Batch:
         places = self.split.train[positions]
-        images = as_float(torch.cat([self.traverses.query[places], self.traverses.reference[places]]))
+        queries, references = [self.traverses.query[places]], [self.traverses.reference[places]]
+        place_ids = [torch.from_numpy(places)]
+        teacher_queries, teacher_references = [], []
+        if self.teacher_query is not None:
+            teacher_queries.append(self.teacher_query[places])
+            teacher_references.append(self.teacher_reference[places])
+        for position, domain in enumerate(self.extra_domains):
+            query_rows, reference_rows = domain.sample(self.extra_per_batch, generator)
+            queries.append(domain.query[query_rows])
+            references.append(domain.reference[reference_rows])
+            place_ids.append(extra_place_ids(position, len(query_rows)))
+            if self.extra_teacher:
+                teacher_queries.append(self.extra_teacher[position][0][query_rows])
+                teacher_references.append(self.extra_teacher[position][1][reference_rows])
+        images = as_float(torch.cat(queries + references))
         if self.augment:
             images = augment(images, generator, self.augment_policy)
-        size = len(places)
-        place_ids = torch.from_numpy(places)
-        teacher = None
-        if self.teacher_query is not None:
-            teacher = torch.cat([self.teacher_query[places], self.teacher_reference[places]])
+        place_ids = torch.cat(place_ids)
+        size = len(place_ids)
+        teacher = torch.cat(teacher_queries + teacher_references) if teacher_queries else None
         spl_labels = None
         if self.text is not None:
             spl_labels = torch.cat([self.pseudo_query[places], self.pseudo_reference[places]])
@@ -127,7 +156,14 @@ class PlaceTask:
         return Batch(images, teacher, spl_labels, task_loss, step_logits)
 
     def evaluate(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        return place_recall(embed, self.traverses, self.split.heldout, self.tolerance)
+        """The route's validation figures, plus `<set>/recall@K` of each cross-domain validation set."""
+        metrics = place_recall(embed, self.traverses, self.split.heldout, self.tolerance)
+        for validation in self.validation_sets:
+            figures = recall_from_embeddings(embed_in_batches(embed, validation.query),
+                                             embed_in_batches(embed, validation.reference),
+                                             validation.frames, validation.tolerance)
+            metrics.update({f"{validation.name}/{key}": value for key, value in figures.items()})
+        return metrics
 
     def teacher_metrics(self) -> dict[str, float]:
         if self.teacher_query is None:
@@ -140,9 +176,18 @@ class PlaceTask:
         return as_float(self.traverses.query[self.split.heldout[:count]])
 
     def calibration_images(self, count: int = 256) -> torch.Tensor:
-        """Training images of both seasons, spread along the route (never held-out ones)."""
-        places = self.split.train[np.linspace(0, self.num_train - 1, count // 2).astype(int)]
-        return as_float(torch.cat([self.traverses.query[places], self.traverses.reference[places]]))
+        """Training images of both seasons, spread along the route (never held-out ones), and of
+        every extra domain in the share a training batch gives it: the eval-mode BatchNorm
+        statistics are then those the student trained under, not the route's alone."""
+        extra_share = len(self.extra_domains) * self.extra_per_batch
+        route_count = max(2, round(count * self.batch_size / (self.batch_size + extra_share)))
+        places = self.split.train[np.linspace(0, self.num_train - 1, route_count // 2).astype(int)]
+        images = [self.traverses.query[places], self.traverses.reference[places]]
+        for domain in self.extra_domains:
+            share = max(1, round(count * self.extra_per_batch / (self.batch_size + extra_share)) // 2)
+            for pool in (domain.query, domain.reference):
+                images.append(pool[np.linspace(0, len(pool) - 1, share).astype(int)])
+        return as_float(torch.cat(images))
 
 
 class CosineClassifier(nn.Module):

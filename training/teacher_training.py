@@ -14,10 +14,12 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
+from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
 
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
 from .config import teacher_cache_dir
+from .pretrained_encoder import efficientnet_config, read_imagenet_weights
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
 from .tasks import ClassificationTask, CosineClassifier, PlaceTask, build_task
 from .teachers import AnnTeacher, load_teacher
@@ -30,7 +32,8 @@ def teacher_digest(config: dict, task: PlaceTask | ClassificationTask) -> str:
     the pixels it trains and is validated on as loaded (and the places' frame numbers or the
     labels), the student's input size and normalisation, and the seed."""
     pixels = hashlib.sha256()
-    arrays = ((task.traverses.frames, task.traverses.reference, task.traverses.query) if isinstance(task, PlaceTask)
+    arrays = ((task.traverses.frames, task.traverses.reference, task.traverses.query,
+               *[domain.images_for_digest() for domain in task.extra_domains]) if isinstance(task, PlaceTask)
               else (task.train.labels, task.train.images, task.val.labels, task.val.images))
     for array in arrays:
         pixels.update(np.ascontiguousarray(array).tobytes())
@@ -41,6 +44,19 @@ def teacher_digest(config: dict, task: PlaceTask | ClassificationTask) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
+def teacher_encoder_config(settings: dict, student: dict) -> dict:
+    """The teacher.cnn section -> the encoder's config, at the student's input size."""
+    if settings["architecture"] == "efficientnet-lite0":
+        return efficientnet_config(settings["blocks"], settings["upsample"], settings["embed_dim"],
+                                   student["image_height"], student["image_width"])
+    if settings["architecture"] != "place-cnn":
+        raise InputError(f"teacher.cnn.architecture: {settings['architecture']!r}; expected place-cnn or "
+                         "efficientnet-lite0")
+    return place_cnn_config(settings["widths"], settings["strides"], settings["embed_dim"], student["image_height"],
+                            student["image_width"], student["in_channels"], student["input_normalization"],
+                            student["patch_norm_size"])
+
+
 def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_path: Path, digest: str,
                       log=log_line) -> dict:
     """Trains the CNN teacher and writes it to `out_path` (atomically). Returns its provenance
@@ -48,9 +64,9 @@ def train_cnn_teacher(config: dict, task: PlaceTask | ClassificationTask, out_pa
     settings = config["teacher"]["cnn"]
     student = config["student"]
     generator = seed_everything(config["run"]["seed"], config["run"]["threads"])
-    model = build_ann_encoder(place_cnn_config(
-        settings["widths"], settings["strides"], settings["embed_dim"], student["image_height"], student["image_width"],
-        student["in_channels"], student["input_normalization"], student["patch_norm_size"]))
+    model = build_ann_encoder(teacher_encoder_config(settings, student))
+    if settings["architecture"] == "efficientnet-lite0":
+        model.load_imagenet(read_imagenet_weights())
     trained = nn.ModuleList([model])
     if isinstance(task, ClassificationTask):
         # The teacher's own classifier, on its embedding size, learns with it (the student gets its own).
