@@ -10,7 +10,7 @@ import torch
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
-from vl2spike_training.config import load_config
+from vl2spike_training.config import config_digest, load_config
 from vl2spike_training.tasks import PlaceTask
 from vl2spike_training.trainer import train_student
 
@@ -121,8 +121,23 @@ def test_efficientnet_teacher_starts_from_imagenet_and_distils_across_domains(do
     config["teacher"]["spec"] = "train-cnn"
     config["teacher"]["cnn"].update(architecture="efficientnet-lite0", blocks=2, upsample=1.0, epochs=1,
                                     batch_size=8, embed_dim=8)
-    config["distill"]["align_weight"] = 1.0
+    config["distill"].update(align_weight=1.0, twin_alignment=True)
+    config["optim"]["twin_epochs"] = 1
     summary = train_student(config, log=lambda _: None)
     assert summary["teacher"]["training"]["settings"]["architecture"] == "efficientnet-lite0"
     assert "webcams_heldout/recall@1" in summary["teacher"]["training"]["metrics"]
     assert summary["final"]["loss_align"] > 0
+    twin = json.loads((Path(config["run"]["out_dir"]) / "twin" / "summary.json").read_text())
+    assert twin["final"]["loss_align"] > 0 and twin["teacher"]["spec"] == "train-cnn"
+
+
+def test_settings_added_later_leave_earlier_digests_alone():
+    """The shipped recipe's digest as it was before extra domains and twin alignment existed, so
+    its finished runs are still recognised and not retrained."""
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "training" / "default_student.yaml")
+    assert config_digest(config) == "c202252c472c7bfbb8b380499bdd894f15e311e5110986a279a929a3a4f4e364"
+    config["data"]["validation_sets"] = [{"name": "x", "reference": "a", "query": "b"}]
+    assert config_digest(config).startswith("c202252c")
+    config["distill"]["twin_alignment"] = True
+    assert not config_digest(config).startswith("c202252c")

@@ -104,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
         # Energy: weight of the student's SNN/ANN energy ratio on the batch (training/energy_term.py)
         # in the loss; trades accuracy for synaptic operations.
         "energy_weight": 0.0,
+        # true: the twin stage keeps the teacher and the SVS alignment terms (align, relation)
+        "twin_alignment": False,
     },
     "optim": {
         "epochs": 10,
@@ -240,16 +242,41 @@ def feature_cache_dir(config: dict) -> str:
     return config["teacher"]["feature_cache"] or str(teacher_cache_dir(config) / "features")
 
 
+# Settings added after runs were made, at the values that leave training as it was then: left out
+# of the digests at those values, so earlier runs still resume and finished ones (and cached
+# teachers) are still recognised. extra_per_batch counts only with extra domains.
+NEUTRAL_SETTINGS = {
+    ("optim", "autocast"): "off",
+    ("distill", "twin_alignment"): False,
+    ("data", "extra_domains"): [],
+}
+NEUTRAL_TEACHER_CNN = {"architecture": "place-cnn", "blocks": 10, "upsample": 2.0}
+
+
+def without_neutral_settings(config: dict) -> dict:
+    shaping = copy.deepcopy(config)
+    for (section, key), neutral in NEUTRAL_SETTINGS.items():
+        if shaping[section].get(key, neutral) == neutral:
+            shaping[section].pop(key, None)
+    if not config["data"]["extra_domains"]:
+        shaping["data"].pop("extra_per_batch", None)
+    # Validation sets are evaluated, never trained on.
+    shaping["data"].pop("validation_sets", None)
+    cnn = shaping["teacher"]["cnn"]
+    if cnn.get("architecture", "place-cnn") == "place-cnn":
+        for key in NEUTRAL_TEACHER_CNN:
+            cnn.pop(key, None)
+    return shaping
+
+
 def config_digest(config: dict) -> str:
-    """Hash of everything that shapes the trained weights (not where outputs go). Settings added
-    later are left out where they do not change training (a folder; autocast off), so a run begun
-    before them still resumes and a finished one is still recognised."""
+    """Hash of everything that shapes the trained weights (not where outputs go); settings added
+    later are left out at their neutral values (NEUTRAL_SETTINGS)."""
+    config = without_neutral_settings(config)
     shaping = {key: value for key, value in config.items() if key != "run"}
     # Folders, not settings: cached teachers and features are keyed by what they hold.
     shaping["teacher"] = {key: value for key, value in config["teacher"].items()
                           if key not in ("cache_dir", "feature_cache")}
-    if config["optim"].get("autocast", "off") == "off":
-        shaping["optim"] = {key: value for key, value in config["optim"].items() if key != "autocast"}
     shaping["seed"] = config["run"]["seed"]
     if config["run"]["init_checkpoint"]:
         shaping["init_checkpoint"] = config["run"]["init_checkpoint"]

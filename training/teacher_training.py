@@ -18,7 +18,7 @@ from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
 
 from .ann_encoder import build_ann_encoder, load_ann_encoder, place_cnn_config, save_ann_encoder
-from .config import teacher_cache_dir
+from .config import teacher_cache_dir, without_neutral_settings
 from .pretrained_encoder import efficientnet_config, read_imagenet_weights
 from .loop import learning_rate, log_line, make_optimizer, seed_everything
 from .tasks import ClassificationTask, CosineClassifier, PlaceTask, build_task
@@ -37,7 +37,8 @@ def teacher_digest(config: dict, task: PlaceTask | ClassificationTask) -> str:
               else (task.train.labels, task.train.images, task.val.labels, task.val.images))
     for array in arrays:
         pixels.update(np.ascontiguousarray(array).tobytes())
-    shaping = {"cnn": config["teacher"]["cnn"], "data": config["data"], "seed": config["run"]["seed"],
+    neutral = without_neutral_settings(config)
+    shaping = {"cnn": neutral["teacher"]["cnn"], "data": neutral["data"], "seed": config["run"]["seed"],
                "pixels": pixels.hexdigest(),
                "input": {key: config["student"][key] for key in
                          ("image_height", "image_width", "in_channels", "input_normalization", "patch_norm_size")}}

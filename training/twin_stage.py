@@ -1,6 +1,6 @@
 """The twin stage of the recipe (optim.twin_epochs > 0): before the spiking student, train its ANN
-twin (the same shape with ReLUs, student.neuron=relu, one timestep) on the task alone, then start
-the student from the twin's weights. The twin sees the same data, split, augmentation and seed;
+twin (the same shape with ReLUs, student.neuron=relu, one timestep) on the task alone (or with the
+teacher's SVS alignment, distill.twin_alignment), then start the student from the twin's weights. The twin sees the same data, split, augmentation and seed;
 its run directory is <out_dir>/twin (an ablation keeps one per seed), reused when it already
 finished."""
 from __future__ import annotations
@@ -15,12 +15,20 @@ DISTILL_OFF = ("align_weight", "relation_weight", "temporal_weight", "prototype_
                "twin_weight", "energy_weight")
 
 
+# Kept with distill.twin_alignment: the teacher's knowledge then shapes the representation the
+# spiking student inherits, not only the student's last stage.
+ALIGNMENT = ("align_weight", "relation_weight")
+
+
 def twin_config(config: dict, folder: str = "twin") -> dict:
     twin = copy.deepcopy(config)
     twin["student"].update(neuron="relu", spike_levels=1, timesteps=1)
+    aligned = config["distill"]["twin_alignment"] and any(config["distill"][key] > 0 for key in ALIGNMENT)
     for key in DISTILL_OFF:
-        twin["distill"][key] = 0.0
-    twin["teacher"]["spec"] = "none"
+        if not (aligned and key in ALIGNMENT):
+            twin["distill"][key] = 0.0
+    if not aligned:
+        twin["teacher"]["spec"] = "none"
     twin["optim"].update(epochs=config["optim"]["twin_epochs"], twin_epochs=0)
     out_dir = Path(config["run"]["out_dir"]) / folder
     twin["run"].update(out_dir=str(out_dir), export=str(out_dir / "twin.safetensors"), init_checkpoint="")
