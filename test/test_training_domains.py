@@ -129,6 +129,8 @@ def test_efficientnet_teacher_starts_from_imagenet_and_distils_across_domains(do
     assert summary["final"]["loss_align"] > 0
     twin = json.loads((Path(config["run"]["out_dir"]) / "twin" / "summary.json").read_text())
     assert twin["final"]["loss_align"] > 0 and twin["teacher"]["spec"] == "train-cnn"
+    # One teacher: the twin trains it into the run's teacher cache, the student's stage reuses it.
+    assert twin["teacher"]["cache"] == "trained" and summary["teacher"]["cache"] == "reused"
 
 
 def test_settings_added_later_leave_earlier_digests_alone():
