@@ -51,7 +51,8 @@ def add_benchmark_command(commands, handler) -> None:
                                         bounded_int(1, 10**6))
     bench = commands.add_parser(
         "benchmark", help="speed, energy, map search, node latency and memory in one run",
-        description="Measure encode speed against a CLIP ViT-B/32 image tower, energy per frame, map "
+        description="Measure encode speed against a CLIP ViT-B/32 image tower in the same runtime, energy per "
+                    "frame (32-bit float and int8), map "
                     "search at 10k/100k/1M places, the latency of a running vpr_node with a "
                     f"{NORDLAND_PLACES}-place map and the peak memory of a full-Nordland evaluation; "
                     "print a table and write OUT/benchmark.json and OUT/benchmark.md.")
@@ -61,7 +62,8 @@ def add_benchmark_command(commands, handler) -> None:
     bench.add_argument("--threads", type=threads, default=1,
                        help="torch, onnxruntime and FAISS threads (default 1)")
     bench.add_argument("--backend", choices=("torch", "onnxruntime", "both"), default="both",
-                       help="student backends to time; the encode keys report the fastest (default both)")
+                       help="student backends to time, each against the ViT-B/32 in the same runtime; the "
+                            "encode keys report the fastest (default both)")
     bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
     bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
     bench.add_argument("--parts", type=_parts, default=PARTS, metavar="LIST",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 REGISTERED: dict[str, str] = {
     "onnxruntime": "vl2spike_ros.core.backend_onnxruntime",
     "torch": "vl2spike_ros.core.backend_torch",
+    "spikes": "vl2spike_ros.core.backend_spikes",
 }
 AUTO = "auto"
 DEFAULT_BACKEND = "onnxruntime"  # same descriptors as torch, 2-4x faster on CPU
