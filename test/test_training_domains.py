@@ -134,10 +134,10 @@ def test_efficientnet_teacher_starts_from_imagenet_and_distils_across_domains(do
 
 
 def test_settings_added_later_leave_earlier_digests_alone():
-    """The shipped recipe's digest as it was before extra domains and twin alignment existed, so
+    """The Nordland recipe's digest as it was before extra domains and twin alignment existed, so
     its finished runs are still recognised and not retrained."""
     root = Path(__file__).resolve().parents[1]
-    config = load_config(root / "configs" / "training" / "default_student.yaml")
+    config = load_config(root / "configs" / "training" / "nordland_student.yaml")
     assert config_digest(config) == "c202252c472c7bfbb8b380499bdd894f15e311e5110986a279a929a3a4f4e364"
     config["data"]["validation_sets"] = [{"name": "x", "reference": "a", "query": "b"}]
     assert config_digest(config).startswith("c202252c")
