@@ -10,6 +10,7 @@ import torch
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
+from vl2spike_training.compare import compare_table
 from vl2spike_training.config import config_digest, load_config
 from vl2spike_training.tasks import PlaceTask
 from vl2spike_training.trainer import train_student
@@ -96,6 +97,11 @@ def test_cross_domain_figures_are_validated_and_bad_entries_named(domain_config,
     summary = train_student(domain_config, log=lambda _: None)
     final = summary["final"]
     assert 0.0 <= final["webcams_heldout/recall@1"] <= 100.0 and "recall@1" in final
+    run = domain_config["run"]["out_dir"]
+    table = compare_table([run, run], with_mean=True).splitlines()
+    assert "| webcams_heldout R@1 |" in table[0] and "|  R@1 |" not in table[0]
+    figure = f"{final['webcams_heldout/recall@1']:.1f}%"
+    assert f"| {figure} ± 0.0% |" in table[-1] and table[-1].startswith("| mean ± sd (2 runs) |")
     broken = json.loads(json.dumps(domain_config))
     broken["data"]["extra_domains"] = [{"name": "x", "kind": "pairs", "reference": str(tmp_path)}]
     with pytest.raises(InputError, match=r"extra_domains\[0\]: .*missing keys \['query'\]"):
