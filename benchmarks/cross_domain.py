@@ -11,8 +11,9 @@ Sets (from ../shared/data; a set whose folder is missing is skipped and said so)
   python benchmarks/cross_domain.py --out results/cross_domain/NAME --checkpoint a.safetensors [--checkpoint b ...]
       [--resize-modes crop,squeeze,letterbox]
 
-Writes results.json and results.md in --out. The resize-mode rows feed the same weights frames
-fitted another way: a checkpoint copy whose config names that mode (its own fingerprint).
+Writes results.json and results.md in --out. The resize-mode rows feed the same weights (or the
+baseline) frames fitted another way: for a student, a checkpoint copy whose config names that mode
+(its own fingerprint). Rows without a mode use the checkpoint's own, and crop for the baseline.
 """
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sets:
             parser.error(f"--data {args.data}: none of essex3in1, spedtest, nordland64 is there")
         models = {"patch-normalised pixels": ["--baseline", "patchnorm"]}
+        for mode in modes:
+            models[f"patch-normalised pixels ({mode})"] = ["--baseline", "patchnorm", "--baseline-resize-mode", mode]
         for checkpoint in checkpoints:
             label = Path(checkpoint).stem
             models[label] = ["--checkpoint", checkpoint, "--backend", "torch"]

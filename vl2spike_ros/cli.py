@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vl2spike_ros.core.backends import AUTO, backend_names
+from vl2spike_ros.model.config import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from vl2spike_ros.cli_arguments import OneLineArgumentParser, bounded_float, bounded_int, require_writable_folder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.ros.bag_tools import add_replay_commands
@@ -119,7 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         if reference is None or args.radius is not None:
             raise InputError("--baseline patchnorm needs --reference (a traverse, not --map) and --tolerance (not --radius)")
-        result = evaluate_patchnorm(reference, query, args.tolerance, args.sequence_length)
+        result = evaluate_patchnorm(reference, query, args.tolerance, args.sequence_length,
+                                    args.baseline_resize_mode)
     else:
         encoder = _encoder(args)
         if reference is None:
@@ -263,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline", choices=("patchnorm",), default=None,
                           help="evaluate a hand-made baseline instead of the model: patchnorm = patch-normalised "
                                "pixels (64x32, 8x8 patches, sum of absolute differences)")
+    evaluate.add_argument("--baseline-resize-mode", choices=RESIZE_MODES, default=DEFAULT_RESIZE_MODE,
+                          help="how the baseline fits a frame of another aspect ratio to 64x32 (a model "
+                               f"uses its checkpoint's own; default {DEFAULT_RESIZE_MODE})")
     _add_model_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
