@@ -68,6 +68,7 @@ def workspace(tmp_path_factory):
                              "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
                             cwd=workspace, env=_build_environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shutil.rmtree(stale)
     return workspace
 
 
@@ -97,6 +98,21 @@ def test_installed_layout(install):
     assert (install / f"share/{PACKAGE}/srv/SaveMap.srv").is_file()
     assert "from vl2spike_ros.msg._place_match import PlaceMatch" in (site_packages / PACKAGE / "msg" / "__init__.py").read_text()
     assert (site_packages / PACKAGE / "__init__.py").read_text() == (REPO / PACKAGE / "__init__.py").read_text()
+
+
+def test_python_started_in_the_clone_finds_the_installed_messages(workspace):
+    """`python -m pytest` in the clone with the workspace sourced imports the clone's package, which
+    has no generated messages: it must find the installed ones."""
+    clone = workspace / "src" / PACKAGE
+    script = ("import vl2spike_ros, vl2spike_ros.msg, vl2spike_ros.srv; "
+              "print(vl2spike_ros.__file__); print(vl2spike_ros.msg.PlaceMatch.__module__, vl2spike_ros.msg.__file__)")
+    result = subprocess.run(["sh", "-c", '. "$0" && exec "$1" -c "$2"', str(workspace / "install" / "local_setup.sh"),
+                             sys.executable, script], cwd=clone, env={**os.environ, **support.ROS_ENV},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    package_file, message_line = result.stdout.splitlines()[-2:]
+    assert package_file == str(clone / PACKAGE / "__init__.py")
+    assert message_line.startswith("vl2spike_ros.msg._place_match ") and str(workspace / "install") in message_line
 
 
 def test_installed_vpr_node_becomes_active_and_publishes_place_match(workspace, install, tmp_path):
