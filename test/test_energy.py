@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import photo, tiny_student
+from helpers import photo, require_training, tiny_student
 from vl2spike_ros.core.energy import E_AC_PJ, E_MAC_PJ, EnergyReport, ann_energy_of, count_macs, estimate_energy
 
 H, W, C, HEADS, D = 32, 64, 32, 2, 16   # tiny config: 32x64 input, patch 4, 8x16 = 128 tokens
@@ -256,6 +256,7 @@ def test_ann_macs_of_conv_and_linear_layers_by_hand():
 def test_training_energy_term_equals_the_energy_model_layer_by_layer():
     """The differentiable term of distill.energy_weight counts what estimate_energy counts, the
     attention products included."""
+    require_training()
     from vl2spike_training.energy_term import EnergyTap
 
     student = tiny_student(neuron="integer", spike_levels=4)

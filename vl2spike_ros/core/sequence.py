@@ -113,6 +113,11 @@ class SequenceMatcher:
     def length(self) -> int:
         return self._length
 
+    @property
+    def frames(self) -> int:
+        """Queries the newest scores average: up to `length`, fewer after a start or reset()."""
+        return len(self._recent_rows)
+
     def reset(self) -> None:
         """Forget the recent queries (after a new map, or when the robot was moved)."""
         self._recent_rows.clear()
