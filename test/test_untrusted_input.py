@@ -152,7 +152,8 @@ def test_corrupt_png_data_is_one_line_from_the_real_command(inputs, tmp_path):
     path.write_bytes(PNG_CORRUPTIONS["zeroed deflate blocks"](path.read_bytes()))
     line = refused_in_subprocess(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"],
                                   "--out", tmp_path / "map"], tmp_path)
-    assert line.startswith(f"vl2spike build-map: error: image file {path}: PNG image data is no valid zlib stream")
+    assert line.startswith(f"vl2spike build-map: error: image file {path}: cannot decode its PNG data: image data is "
+                           "no valid zlib stream")
 
 
 @pytest.mark.parametrize("name, how", [("db3", "truncated"), ("db3", "random"), ("db3", "random tail"),
