@@ -8,7 +8,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "vl2spike_ros"
 # Bottom first: a module may import from its own layer and the ones below, never from one above.
 LAYERS = (
-    ("errors", "cli_arguments", "model", "core"),
+    ("errors", "cli_arguments"),
+    ("model",),
+    ("core",),
     ("sources",),
     ("evaluation",),
     ("ros",),
@@ -31,12 +33,16 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every vl2spike_ros module (or package) `path` imports, at top level or inside functions."""
+    """Every vl2spike_ros module (or package) `path` imports, at top level or inside functions;
+    relative imports (`from ..errors import X`) are resolved against the module's own package."""
     names = set()
+    own_package = module_name(path).split(".") if path.name == "__init__.py" else module_name(path).split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = own_package[:len(own_package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return names

@@ -40,7 +40,7 @@ def twin_config(config: dict, folder: str = "twin") -> dict:
 
 
 def train_twin_first(config: dict, train, command: list[str] | None, log=log_line,
-                     folder: str = "twin") -> tuple[dict, dict]:
+                     folder: str = "twin") -> tuple[dict, dict | None]:
     """Trains (or reuses) the twin; returns the student's config, now starting from the twin, and
     what the summary records of the twin (its figures and checkpoint)."""
     twin = twin_config(config, folder)
@@ -48,6 +48,8 @@ def train_twin_first(config: dict, train, command: list[str] | None, log=log_lin
     summary = train(twin, command, log)
     student = copy.deepcopy(config)
     student["run"]["init_checkpoint"] = twin["run"]["export"]
+    if not summary:  # a rank other than 0 under torchrun: rank 0 makes the summary and keeps the record
+        return student, None
     record = {"checkpoint": twin["run"]["export"], "epochs": twin["optim"]["epochs"], "final": summary["final"],
               "splits": {name: entry.get("student", {}) for name, entry in summary.get("splits", {}).items()},
               "energy": summary["energy"]}

@@ -35,7 +35,7 @@ def _add_model_options(parser: argparse.ArgumentParser, backend: bool = True) ->
     if not backend:
         return
     parser.add_argument("--backend", choices=backend_names(), default=AUTO,
-                        help="where the student runs; same descriptors, same maps (default auto: ONNX Runtime, "
+                        help="where the student runs; either serves the other's maps (default auto: ONNX Runtime, "
                              "exported on first use into $XDG_CACHE_HOME/vl2spike_ros, or PyTorch where that "
                              "cannot start)")
 

@@ -73,9 +73,9 @@ def add_benchmark_command(commands, handler) -> None:
                        metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
                                               f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")
     maps = bench.add_argument_group("map search")
-    maps.add_argument("--map-kinds", type=_descriptor_kinds, default=("isotropic", "route"), metavar="LIST",
+    maps.add_argument("--map-kinds", type=_descriptor_kinds, default=None, metavar="LIST",
                       help="synthetic descriptors to search: isotropic (the worst case) and/or route (random "
-                           "walks calibrated on --route-data; default both)")
+                           "walks calibrated on --route-data; default both with --route-data, else isotropic)")
     maps.add_argument("--route-data", default=None, metavar="DIR",
                       help="two frame-aligned traverses DIR/summer and DIR/winter (e.g. nordland64) on which the "
                            "model's consecutive-place and cross-season cosines are measured (needed for route)")
@@ -102,6 +102,18 @@ def add_benchmark_command(commands, handler) -> None:
     sizes.add_argument("--vit-repeats", type=repeats, default=None, help="timed batch-1 calls of the ViT")
     sizes.add_argument("--batch-repeats", type=repeats, default=None, help="timed batch-32 calls per model")
     bench.set_defaults(func=handler)
+
+
+ROUTE_DATA_HINT = ("map search: isotropic descriptors only; add --route-data DIR (two frame-aligned traverses "
+                   "DIR/summer and DIR/winter, e.g. nordland64) for the route-shaped maps too")
+
+
+def resolved_map_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """--map-kinds, or by default both kinds where --route-data can calibrate the route shape, else
+    the isotropic maps alone (the caller says how to add the route-shaped ones)."""
+    if args.map_kinds is not None:
+        return args.map_kinds
+    return ("isotropic", "route") if args.route_data else ("isotropic",)
 
 
 def resolved_sizes(args: argparse.Namespace) -> dict:

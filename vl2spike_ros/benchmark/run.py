@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vl2spike_ros.benchmark.options import NORDLAND_PLACES, resolved_sizes
+from vl2spike_ros.benchmark.options import NORDLAND_PLACES, ROUTE_DATA_HINT, resolved_map_kinds, resolved_sizes
 from vl2spike_ros.core.atomic_files import atomic_write_bytes, write_json_atomic
 from vl2spike_ros.errors import InputError
 
@@ -298,6 +298,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from vl2spike_ros.core.backends import torch_device
 
     torch_device(args.device)  # refuse a missing CUDA before minutes of work
+    if "map" in args.parts and args.map_kinds is None and not args.route_data:
+        log(ROUTE_DATA_HINT)
+    args.map_kinds = resolved_map_kinds(args)  # what ran is what benchmark.json's options record
     if "map" in args.parts and "route" in args.map_kinds and not args.route_data:
         raise InputError("--map-kinds route: expected --route-data DIR with two frame-aligned traverses "
                          "DIR/summer and DIR/winter (e.g. nordland64) to calibrate the route-shaped "
