@@ -44,6 +44,11 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     workers = Workers()  # several ranks when started by torchrun (distributed.py)
     config, log = workers.for_this_rank(config, log)
     twin_record = None
+    if workers.size > 1 and config["data"]["extra_domains"]:
+        # Each rank's rows are cut from the route's batch; the places of other domains that every
+        # step adds are not shared out between the ranks.
+        raise InputError("data.extra_domains needs one process: start the run without torchrun, "
+                         "or set data.extra_domains to []")
     if workers.size > 1 and config["distill"]["twin_weight"] > 0:
         # The twin's layer term runs in one process: the twin would have to run on each rank's rows.
         raise InputError("distill.twin_weight needs one process: start the run without torchrun")
