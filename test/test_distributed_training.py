@@ -117,9 +117,9 @@ def test_two_ranks_match_one_process_and_resume(tmp_path):
 def recipe_overrides(out_dir, summer, winter) -> list[str]:
     """The shipped recipe as it is (integer spikes 0..4 at one timestep, membrane readout, energy
     weight 15, a twin stage, letterboxed frames, route_tail with the test stretch in training) at a
-    tiny size: a small student, a
-    40-place route, one twin epoch and one student epoch of global batches of 7 places. Its places
-    beyond the route train in one process (refused under torchrun), so they are left out here."""
+    tiny size: a small student, a 40-place route, one twin epoch and one student epoch of global
+    batches of 7 places. Its places beyond the route train in one process (refused under torchrun,
+    below), so they are left out here."""
     items = {**{f"student.{key}": value for key, value in TINY_STUDENT.items() if key != "timesteps"},
              "data.reference": summer, "data.query": winter, "data.block_size": 4,
              "data.validation_until_frame": 440, "data.test_after_frame": 470,
@@ -160,3 +160,15 @@ def test_the_shipped_recipe_on_two_ranks_ends_where_one_process_ends(tmp_path):
     # A batch of 7 places splits 4 + 3: the energy term is the whole batch's, not the mean of the ranks'.
     assert distributed["final"]["loss_energy"] == pytest.approx(reference["final"]["loss_energy"], rel=1e-4)
     assert distributed["twin"]["checkpoint"] == str(two / "twin" / "twin.safetensors")
+
+
+def test_places_beyond_the_route_are_refused_under_torchrun(tmp_path):
+    summer, winter = (str(path) for path in write_traverses(tmp_path / "route", places=40))
+    command = TORCHRUN + ["--config", str(RECIPE)]
+    for item in recipe_overrides(tmp_path / "run", summer, winter):
+        if not item.startswith("data.extra_domains="):
+            command += ["--set", item]
+    done = subprocess.run(command, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "data.extra_domains needs one process" in done.stdout + done.stderr
+    assert not (tmp_path / "run" / "twin").exists()
