@@ -11,6 +11,7 @@ LAYERS = (
     ("errors", "cli_arguments", "model", "core"),
     ("sources",),
     ("evaluation",),
+    ("adaptation",),
     ("ros",),
     ("demo", "benchmark"),
     ("cli",),
