@@ -220,6 +220,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as "
                          f"{out / 'adapted.safetensors'}")
+    if not out.parent.is_dir():  # refused now, not after minutes of adapting
+        raise InputError(f"checkpoint output {out}: its folder {out.parent} does not exist")
     require_writable_folder(out, "checkpoint output")
     torch.set_num_threads(args.threads)
     base, info = load_checkpoint(args.checkpoint)

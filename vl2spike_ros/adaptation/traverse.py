@@ -68,7 +68,10 @@ def split_positions(count: int, positives: str) -> tuple[np.ndarray, np.ndarray]
         return positions[~held], positions[held]
     stretch = positions // STRETCH
     held = stretch % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-    near_held = np.convolve(held, np.ones(2 * GUARD + 1), mode="same") > 0
+    near_held = np.zeros(count, dtype=bool)
+    for offset in range(-GUARD, GUARD + 1):
+        guarded = positions[held] + offset
+        near_held[guarded[(guarded >= 0) & (guarded < count)]] = True
     return positions[~held & ~near_held], positions[held]
 
 
@@ -85,8 +88,7 @@ def read_traverse(sequence: ImageSequence, config: StudentConfig, positives: str
                          f"and {MIN_HELD_OUT} held out for its self-check (about "
                          f"{minimum_frames(positives)} frames)")
     images = np.empty((count, config.in_channels, config.image_height, config.image_width), dtype=np.uint8)
-    for _, (frame, image) in zip(range(count), tqdm(sequence, total=count, unit="img",
-                                                    desc="reading reference", disable=not progress)):
+    for frame, image in tqdm(sequence, total=count, unit="img", desc="reading reference", disable=not progress):
         images[frame.index] = resize_for_student(to_rgb(image), config).transpose(2, 0, 1)
     return Traverse(torch.from_numpy(images), training, held_out, positives)
 
