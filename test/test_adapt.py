@@ -98,6 +98,9 @@ def test_the_adapted_student_builds_maps_and_evaluates(adapted, tmp_path):
                  "--checkpoint", str(out), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["checkpoint_fingerprint"] == read_checkpoint(out)[0].fingerprint
+    assert main(["evaluate", "--map", str(tmp_path / "map"), "--query", str(root / "condition"), "--centre",
+                 "--checkpoint", str(out), "--out", str(tmp_path / "centred")]) == 0
+    assert json.loads((tmp_path / "centred" / "metrics.json").read_text())["centre"] is True
 
 
 def test_adaptation_helps_across_a_change_of_conditions(adapted, tmp_path):
