@@ -13,6 +13,7 @@ LAYERS = (
     ("core",),
     ("sources",),
     ("evaluation",),
+    ("adaptation",),
     ("ros",),
     ("demo", "benchmark"),
     ("cli",),

@@ -5,6 +5,7 @@ from helpers import photo, write_tiny_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.localizer import Localizer, MapUpdateError
 from vl2spike_ros.core.place_map import Place, PlaceMap
+from vl2spike_ros.errors import InputError
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass")
 
@@ -199,3 +200,29 @@ def test_mapping_starts_from_an_empty_map_with_every_index_kind(encoder, tmp_pat
         assert localizer.map_size == 0
         localizer.add_keyframe(unit_rows(1, encoder.dim)[0], "first", None)
         assert localizer.map_size == 1
+
+
+def test_centring_matches_a_traverse_that_shares_an_offset(encoder):
+    """Queries that all carry one offset (another season) find their places once each traverse is
+    centred on its own mean: the running mean of the queries takes the offset out as it learns it.
+    The first query is centred on the map's mean and is well-defined."""
+    rng = np.random.default_rng(3)
+    places = unit_rows(200, encoder.dim, seed=4) * 0.3 + unit_rows(1, encoder.dim, seed=5)
+    places /= np.linalg.norm(places, axis=1, keepdims=True)
+    offset = unit_rows(1, encoder.dim, seed=6)[0] * 1.5
+    queries = places + offset + rng.normal(0.0, 0.02, places.shape)
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    place_map = map_of(encoder, places)
+    assert np.allclose(place_map.descriptor_mean, places.mean(axis=0), atol=1e-6)
+    hits = {}
+    for centre in (False, True):
+        localizer = Localizer(encoder, place_map, top_k=1, centre=centre)
+        hits[centre] = np.array([localizer.match_descriptor(q).place_ids[0] == i for i, q in enumerate(queries)])
+    assert hits[True].sum() > 5 * hits[False].sum()
+    assert hits[True][100:].mean() >= 0.75 > hits[False][100:].mean()
+
+
+def test_centring_needs_a_fixed_map(encoder):
+    localizer = Localizer(encoder, map_of(encoder, unit_rows(5, encoder.dim)), centre=True)
+    with pytest.raises(InputError, match="fixed map"):
+        localizer.set_mode("map")

@@ -179,6 +179,22 @@ def test_a_map_json_with_a_bad_training_record_is_refused(tmp_path):
             PlaceMap.load(tmp_path / "map")
 
 
+def test_a_map_records_its_descriptor_mean_and_refuses_one_that_is_not(tmp_path):
+    place_map = built_map("flat")
+    place_map.save(tmp_path / "map")
+    metadata = json.loads((tmp_path / "map" / "map.json").read_text())
+    assert np.allclose(metadata["descriptor_mean"], place_map.descriptors.mean(axis=0), atol=1e-6)
+    assert np.allclose(PlaceMap.load(tmp_path / "map").descriptor_mean, metadata["descriptor_mean"])
+    shifted = [value + 0.01 for value in metadata["descriptor_mean"]]
+    for mean, reason in ((shifted, "is not the mean of descriptors.npy"), (shifted[:-1], "must be a list of")):
+        (tmp_path / "map" / "map.json").write_text(json.dumps({**metadata, "descriptor_mean": mean}))
+        with pytest.raises(InputError, match=f"descriptor_mean {reason}"):
+            PlaceMap.load(tmp_path / "map")
+    del metadata["descriptor_mean"]  # saved before maps recorded it
+    (tmp_path / "map" / "map.json").write_text(json.dumps(metadata))
+    assert len(PlaceMap.load(tmp_path / "map")) == len(place_map)
+
+
 def test_ivfpq_nprobe_changes_without_rebuilding_and_probing_more_lists_agrees_more(tmp_path):
     """Revisits (places perturbed to cosine ~0.8) miss their place when its IVF list is not probed."""
     places = unit_vectors(3000, 32, seed=3)

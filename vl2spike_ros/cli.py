@@ -24,6 +24,9 @@ MAX_TOLERANCE_FRAMES = 10**7
 MAX_RADIUS_M = 1e7
 MAX_ENERGY_FRAMES = 100_000
 EVALUATION_OUTPUTS = ("metrics.json", "pr_curve.png", "matches.json")
+ADAPT_STEPS = 120
+MAX_ADAPT_STEPS = 1_000_000
+MAX_ADAPT_MINUTES = 24 * 60.0
 
 
 def _add_model_options(parser: argparse.ArgumentParser, backend: bool = True) -> None:
@@ -129,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             place_map = build_map(encoder, reference, args.index, poses=reference_poses)
         result = evaluate_against_map(encoder, place_map, query, args.tolerance, args.sequence_length,
-                                      radius=args.radius, query_poses=query_poses)
+                                      radius=args.radius, query_poses=query_poses, centre=args.centre)
     title = (f"{Path(args.query).name} vs {Path(args.reference or args.map).name}, "
              f"±{args.tolerance} frames, L={args.sequence_length}")
     write_evaluation(result, args.out, title)
@@ -209,6 +212,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    import torch
+
+    from vl2spike_ros.adaptation.loop import AdaptationSettings, adapt
+    from vl2spike_ros.adaptation.provenance import adaptation_provenance, write_adapted
+    from vl2spike_ros.adaptation.traverse import read_traverse
+    from vl2spike_ros.core.checkpoint import load_checkpoint
+    from vl2spike_ros.evaluation.runner import open_checked_sequence
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite, "checkpoint")
+    if out.is_dir():
+        raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as "
+                         f"{out / 'adapted.safetensors'}")
+    if not out.parent.is_dir():  # refused now, not after minutes of adapting
+        raise InputError(f"checkpoint output {out}: its folder {out.parent} does not exist")
+    require_writable_folder(out, "checkpoint output")
+    torch.set_num_threads(args.threads)
+    base, info = load_checkpoint(args.checkpoint)
+    sequence = open_checked_sequence(args.images, args.topic)
+    traverse = read_traverse(sequence, info.config, args.positives, args.images)
+    settings = AdaptationSettings(steps=None if args.minutes is not None else args.steps,
+                                  minutes=args.minutes, seed=args.seed)
+    print(f"adapting model {info.fingerprint[:12]} on {len(traverse)} frames of {args.images} "
+          f"({len(traverse.training)} to adapt on, {len(traverse.held_out)} held out; positives: {args.positives})")
+    result = adapt(base, traverse, settings)
+    provenance = adaptation_provenance(result, info, str(args.images), len(traverse), args.positives, settings)
+    fingerprint = write_adapted(out, result, provenance)
+    check = result.self_check
+    print(f"self-check ({check['queries']} changed views of {check['held_out_frames']} held-out frames): "
+          f"{result.reason}; kept the {result.kept} weights")
+    print(f"energy per frame: {result.energy_before.snn_energy_pj * 1e-6:.2f} µJ before, "
+          f"{result.energy_after.snn_energy_pj * 1e-6:.2f} µJ after "
+          f"({result.energy_before.ratio:.3f} -> {result.energy_after.ratio:.3f} of the ANN)")
+    print(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; "
+          f"wrote model {fingerprint[:12]} to {out}")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from vl2spike_ros.benchmark.run import run_benchmark
 
@@ -257,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"SeqSLAM-style sequence matching over the last L frames, 1-{MAX_SEQUENCE_LENGTH} "
                                "(default 1: single frame)")
     evaluate.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")
+    evaluate.add_argument("--centre", action="store_true",
+                          help="centre the map on its mean and each query on the running mean of the queries so far "
+                               "(per-traverse standardisation; as the node's centre parameter)")
     evaluate.add_argument("--out", required=True,
                           help="output folder for metrics.json, matches.json and pr_curve.png: new, empty "
                                "or an earlier evaluation's")
@@ -302,6 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="file to write (.onnx)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing file")
     export.set_defaults(func=cmd_export)
+
+    adapt_command = commands.add_parser(
+        "adapt", help="fit the student to a reference traverse (self-supervised, CPU)",
+        description="Adapt the student to one reference traverse, from that traverse alone: changed-condition "
+                    "views of neighbouring frames (or of each image) as positives, distilled from the base model, "
+                    "kept only if a self-check on held-out frames improves and the energy per frame holds.")
+    adapt_command.add_argument("--images", required=True, help="reference traverse: image folder or rosbag2")
+    adapt_command.add_argument("--topic", default=None, help="image topic when --images is a bag with several")
+    adapt_command.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    adapt_command.add_argument("--checkpoint", default=None, help="base student (default: the shipped model)")
+    length = adapt_command.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=bounded_int(1, MAX_ADAPT_STEPS), default=ADAPT_STEPS,
+                        help=f"training steps of 32 pairs (default {ADAPT_STEPS})")
+    length.add_argument("--minutes", type=bounded_float(0.0, MAX_ADAPT_MINUTES, low_inclusive=False), default=None,
+                        help="train for this many minutes instead of a number of steps")
+    adapt_command.add_argument("--positives", choices=("neighbours", "views"), default="neighbours",
+                               help="neighbours: the traverse is a route, nearby frames show one place (default); "
+                                    "views: separate places, two views of one image are the positives")
+    adapt_command.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed (default 0)")
+    adapt_command.add_argument("--threads", type=bounded_int(1, 256), default=1, help="CPU threads (default 1)")
+    adapt_command.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    adapt_command.set_defaults(func=cmd_adapt)
 
     from vl2spike_ros.benchmark.options import add_benchmark_command
 

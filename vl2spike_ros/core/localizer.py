@@ -22,6 +22,10 @@ from vl2spike_ros.core.sequence import SequenceMatcher
 from vl2spike_ros.errors import InputError
 
 
+# The map's mean counts as this many queries in the running mean of the queries (Localizer's `centre`).
+CENTRE_PRIOR_FRAMES = 50
+
+
 class MapUpdateError(RuntimeError):
     """The map refused a keyframe. Not the frame's fault, so the node reports it apart from bad input."""
 
@@ -57,11 +61,19 @@ class Localizer:
     In ``map`` mode a frame becomes a new place (keyframe) when its best single-frame similarity
     is below ``novelty_threshold`` or the map is empty. ``search_threads`` > 0 sets FAISS's OpenMP
     threads in whichever thread matches (0: FAISS's default, every core).
+
+    ``centre`` standardises each traverse on its own: the map's descriptors are matched centred on
+    their mean, and each query centred on the running mean of the queries so far (started at the
+    map's mean with the weight of CENTRE_PRIOR_FRAMES queries, so the first ones are well-defined),
+    both renormalised. What all frames of one traverse share (the season, the light, the camera)
+    then counts less than what tells its places apart. Scores are cosines of centred descriptors.
+    It needs a fixed map, so not in ``map`` mode.
     """
 
     def __init__(self, encoder: DescriptorEncoder, place_map: PlaceMap, top_k: int = 5,
                  sequence_length: int = 1, match_threshold: float = 0.0,
-                 novelty_threshold: float = 0.9, mode: str = "localize", search_threads: int = 0) -> None:
+                 novelty_threshold: float = 0.9, mode: str = "localize", search_threads: int = 0,
+                 centre: bool = False) -> None:
         if place_map.fingerprint != encoder.fingerprint or place_map.dim != encoder.dim:
             raise InputError(
                 f"map was built with model {place_map.fingerprint[:12]} (dim {place_map.dim}) but the "
@@ -78,6 +90,10 @@ class Localizer:
         self.sequence = SequenceMatcher(sequence_length)
         self.search_threads = search_threads
         self.query_count = 0
+        self.centre = centre
+        self._search_map = _centred_copy(place_map) if centre else place_map
+        self._query_sum = place_map.descriptor_mean.astype(np.float64) * CENTRE_PRIOR_FRAMES
+        self._query_weight = float(CENTRE_PRIOR_FRAMES)
         self.mode = "localize"
         self.set_mode(mode)
 
@@ -130,6 +146,8 @@ class Localizer:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "localize" and len(self.place_map) == 0:
             raise InputError("cannot localise against an empty map; map first or load a map")
+        if mode == "map" and self.centre:
+            raise InputError("mode 'map' adds places, but centring (centre) needs a fixed map; turn centre off to map")
         self.mode = mode
 
     def restart(self) -> None:
@@ -154,6 +172,8 @@ class Localizer:
             self.sequence.reset()
         query_index = self.query_count
         self.query_count += 1
+        if self.centre:
+            descriptor = self._centred_query(descriptor)
         place_ids: list[int] = []
         scores: list[float] = []
         best_single = -np.inf
@@ -166,13 +186,13 @@ class Localizer:
                 faiss.omp_set_num_threads(self.search_threads)
             if self.sequence.length == 1:
                 # Single frames go through the index itself, so HNSW / IVF-PQ maps stay sublinear.
-                top_scores, top_ids = self.place_map.search(descriptor[None, :], k)
+                top_scores, top_ids = self._search_map.search(descriptor[None, :], k)
                 found = top_ids[0] >= 0  # approximate indexes mark "fewer than k found" with -1
                 place_ids = [int(i) for i in top_ids[0][found]]
                 scores = [float(s) for s in top_scores[0][found]]
                 best_single = scores[0] if scores else -np.inf
             else:
-                similarity_row = self.place_map.similarities(descriptor[None, :])[0]
+                similarity_row = self._search_map.similarities(descriptor[None, :])[0]
                 best_single = float(similarity_row.max())
                 sequence_scores = self.sequence.push(similarity_row)
                 candidates = np.argpartition(-sequence_scores, k - 1)[:k]
@@ -190,6 +210,11 @@ class Localizer:
         return Match(query_index=query_index, place_ids=place_ids, scores=scores, accepted=accepted,
                      latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added,
                      best_place=best_place, index_note=index_note)
+
+    def _centred_query(self, descriptor: np.ndarray) -> np.ndarray:
+        self._query_sum += descriptor
+        self._query_weight += 1.0
+        return _unit(descriptor - self._query_sum / self._query_weight)
 
     def _training_note(self, trained_before: int) -> str | None:
         """A line for the log when the last keyframe made the map train its IVF-PQ index again."""
@@ -216,3 +241,18 @@ class Localizer:
         self.place_map.save(path)
         return len(self.place_map)
 
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _centred_copy(place_map: PlaceMap) -> PlaceMap:
+    """The map's places under the same index kind, their descriptors centred on the map's mean and renormalised."""
+    offsets = place_map.descriptors - place_map.descriptor_mean
+    if len(place_map) and np.linalg.norm(offsets, axis=1).min() < 1e-6:
+        raise InputError(f"centre: a place of the map ({len(place_map)} places) is the map's mean, so it has no "
+                         "direction once centred; use a map of several distinct places or turn centre off")
+    centred = PlaceMap(place_map.dim, place_map.fingerprint, place_map.index_kind, **place_map.index_options)
+    centred.add(_unit(offsets), place_map.places)
+    return centred

@@ -82,7 +82,7 @@ def require_frame_numbers(place_map: PlaceMap) -> None:
 def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query: ImageSequence,
                          tolerance: int, sequence_length: int = 1, progress: bool = True,
                          radius: float | None = None,
-                         query_poses: list[list[float]] | None = None) -> EvaluationResult:
+                         query_poses: list[list[float]] | None = None, centre: bool = False) -> EvaluationResult:
     """Recall@K and PR curve of `query` against a map. Ground truth: frame numbers within
     `tolerance`, or, with `radius`, positions within `radius` metres (map poses vs `query_poses`)."""
     if tolerance < 0:
@@ -101,15 +101,15 @@ def evaluate_against_map(encoder: DescriptorEncoder, place_map: PlaceMap, query:
     else:
         positives = metric_radius_positives(np.array(query_poses)[:, :3],
                                             np.array([place.pose for place in place_map.places])[:, :3], radius)
-    result = evaluate_descriptors(encoder, place_map, query_descriptors, positives, sequence_length)
+    result = evaluate_descriptors(encoder, place_map, query_descriptors, positives, sequence_length, centre)
     result.metrics.update(tolerance=tolerance, radius=radius)
     return result
 
 
 def evaluate_descriptors(encoder: DescriptorEncoder, place_map: PlaceMap, query_descriptors: np.ndarray,
-                         positives: GroundTruth, sequence_length: int = 1) -> EvaluationResult:
+                         positives: GroundTruth, sequence_length: int = 1, centre: bool = False) -> EvaluationResult:
     """Matches encoded queries (in traverse order) through the `Localizer` and scores them."""
-    localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length)
+    localizer = Localizer(encoder, place_map, top_k=max(RECALL_KS), sequence_length=sequence_length, centre=centre)
     started = time.perf_counter()
     matches = [localizer.match_descriptor(descriptor) for descriptor in query_descriptors]
     matching_ms = (time.perf_counter() - started) * 1000.0 / max(len(matches), 1)
@@ -124,7 +124,7 @@ def evaluate_descriptors(encoder: DescriptorEncoder, place_map: PlaceMap, query_
     precision, recall, _ = pr_curve(ranked_scores[:, 0], top1_correct, positives.has_positive)
     metrics.update(sequence_length=sequence_length, checkpoint_fingerprint=encoder.fingerprint,
                    index=localizer.search_index, map_index=place_map.index_kind,
-                   matching_ms_per_query=round(matching_ms, 4))
+                   matching_ms_per_query=round(matching_ms, 4), centre=centre)
     return EvaluationResult(metrics=metrics, ranked_ids=ranked_ids, ranked_scores=ranked_scores,
                             precision=precision, recall=recall)
 

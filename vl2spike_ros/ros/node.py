@@ -155,7 +155,7 @@ class VprNode(LifecycleNode):
                 backend=settings["backend"], report=self.get_logger().warning, index_kind=settings["index"], num_threads=settings["num_threads"],
                 top_k=settings["top_k"],
                 sequence_length=settings["sequence_length"], match_threshold=settings["match_threshold"],
-                novelty_threshold=settings["novelty_threshold"], mode=settings["mode"])
+                novelty_threshold=settings["novelty_threshold"], mode=settings["mode"], centre=settings["centre"])
         except InputError as error:
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE

@@ -42,6 +42,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, low=1, high=100, step=1),
     ParameterSpec("match_threshold", 0.0, "a match is accepted when its best score is at least this "
                   "(cosine similarity)", low=-1.0, high=1.0),
+    ParameterSpec("centre", False, "centre the map on its mean and each frame on the running mean of the "
+                  "frames so far (per-traverse standardisation, as `vl2spike evaluate --centre`; needs mode 'localize')",
+                  read_only=True),
     ParameterSpec("novelty_threshold", 0.9, "mapping mode: a frame whose best similarity is below this "
                   "becomes a new place", low=-1.0, high=1.0),
     ParameterSpec("transport", "raw", "'raw': subscribe 'image' (sensor_msgs/Image); 'compressed': "

@@ -33,6 +33,7 @@ from vl2spike_ros.core.place_map.store import (check_replaceable, parse_json, re
 
 METRIC = "inner_product"
 NORM_TOLERANCE = 1e-3
+MEAN_TOLERANCE = 1e-5
 # .npy format 1.0 (what np.save writes here): 10 bytes of magic, version and header length, then at
 # most 65535 bytes of header.
 NPY_MAX_HEADER_BYTES = 10 + 0xFFFF
@@ -113,6 +114,14 @@ class PlaceMap:
         view = self._descriptors[: self._count]
         view.flags.writeable = False
         return view
+
+    @property
+    def descriptor_mean(self) -> np.ndarray:
+        """The mean of the stored descriptors, float32 [dim] (zeros for an empty map): what the
+        localizer centres descriptors on (see Localizer's `centre`)."""
+        if not self._count:
+            return np.zeros(self._dim, dtype=np.float32)
+        return self._descriptors[: self._count].mean(axis=0, dtype=np.float64).astype(np.float32)
 
     @property
     def has_poses(self) -> bool:
@@ -236,6 +245,7 @@ class PlaceMap:
             "index_structure": self.index_structure,
             "index_training": {"count": self._trained_count, "options_from_data": sorted(
                 name for name in options_from_data(self._index_kind) if self._requested_options[name] is None)},
+            "descriptor_mean": [float(value) for value in self.descriptor_mean],
             "created": self._created,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
@@ -281,6 +291,7 @@ class PlaceMap:
         place_map._append_storage(_descriptors_from_bytes(target, contents["descriptors.npy"], count, dim),
                                   _places_from_bytes(target, contents["places.json"], count))
         place_map._created = metadata["created"]
+        _check_descriptor_mean(target, metadata, place_map.descriptor_mean)
         return place_map
 
     # --- internals --------------------------------------------------------------------------------
@@ -350,6 +361,18 @@ def _check_metadata(target: Path, metadata: dict[str, Any]) -> None:
         raise InputError(f"map {target} uses metric {short_repr(metadata['metric'])}; expected {METRIC!r}")
     if metadata["count"] < 0:
         raise InputError(f"map {target}: map.json count must be >= 0, got {metadata['count']}")
+
+
+def _check_descriptor_mean(target: Path, metadata: dict[str, Any], mean: np.ndarray) -> None:
+    """map.json's descriptor_mean (maps saved before it have none) must be the stored descriptors' mean."""
+    recorded = metadata.get("descriptor_mean")
+    if recorded is None:
+        return
+    if not (isinstance(recorded, list) and len(recorded) == len(mean)
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in recorded)):
+        raise InputError(f"map {target}: map.json descriptor_mean must be a list of {len(mean)} numbers")
+    if not np.allclose(np.asarray(recorded, dtype=np.float64), mean, atol=MEAN_TOLERANCE):
+        raise InputError(f"map {target}: map.json descriptor_mean is not the mean of descriptors.npy")
 
 
 def _index_structure(target: Path, metadata: dict[str, Any]) -> str:
