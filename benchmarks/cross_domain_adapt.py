@@ -7,6 +7,7 @@ Sets (from ../shared/data; subsets are folders of symlinks under --work, never i
 - nordland: adapt on the summer frames of the test stretch (frame > 18200), map summer, query winter
   of the same stretch, tolerance 10 frames (±1 place); positives: neighbours.
 - spedtest, essex3in1: map ref/, queries query/, tolerance 0; positives: views (not routes).
+  spedtest_heldout: spedtest's places 400-606 (the shipped recipe trains on places 0-399).
 - ietower: the authors' gallery/query split of one walk-through; frames renumbered clip * 100 + second,
   so tolerance 1 is the next second of the same clip; positives: neighbours.
 
@@ -25,9 +26,12 @@ import time
 from pathlib import Path
 
 NORDLAND_TEST_AFTER = 18200
+SPEDTEST_FIRST_HELDOUT = 400
 SETS = {  # name: (reference, query, tolerance, positives)
     "nordland": ("nordland_test/summer", "nordland_test/winter", 10, "neighbours"),
     "spedtest": ("spedtest/ref", "spedtest/query", 0, "views"),
+    # spedtest's places 400-606: the shipped recipe trains on places 0-399
+    "spedtest_heldout": ("spedtest_heldout/ref", "spedtest_heldout/query", 0, "views"),
     "essex3in1": ("essex3in1/ref", "essex3in1/query", 0, "views"),
     "ietower": ("ietower/gallery", "ietower/query", 1, "neighbours"),
 }
@@ -51,6 +55,9 @@ def prepare(data: Path, work: Path) -> Path:
     for name in ("spedtest", "essex3in1"):
         for part in ("ref", "query"):
             link_folder(sets / name / part, {path.name: path for path in sorted((data / name / part).glob("*.png"))})
+    for part in ("ref", "query"):
+        link_folder(sets / "spedtest_heldout" / part, {path.name: path for path in sorted((data / "spedtest" / part).glob("*.png"))
+                                                       if int(path.stem.split("-")[1]) >= SPEDTEST_FIRST_HELDOUT})
     clips: dict[str, int] = {}
     links: dict[str, dict[str, Path]] = {"gallery": {}, "query": {}}
     with open(data / "ietower" / "labels.csv", newline="") as labels:
