@@ -249,7 +249,7 @@ def test_fastscan_block_layout_edits_are_refused(tmp_path):
         data = bytearray(original)
         data[offset:offset + size] = (64).to_bytes(size, "little")
         index_path.write_bytes(bytes(data))
-        with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*blocks of 64"):
+        with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*blocks? (lists )?of 64"):
             PlaceMap.load(tmp_path / "map")
 
 
