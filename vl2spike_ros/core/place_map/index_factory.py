@@ -49,7 +49,7 @@ IVF_POINTS_PER_LIST = 39
 # and more), each centroid trained on at most FASTSCAN_TRAINING_POINTS_PER_LIST descriptors in
 # FASTSCAN_KMEANS_ITERATIONS rounds: k-means on all of a million places would take an hour on one core.
 FASTSCAN_LISTS_PER_ROOT = 4
-FASTSCAN_TRAINING_POINTS_PER_LIST = 64
+FASTSCAN_TRAINING_POINTS_PER_LIST = 32
 FASTSCAN_KMEANS_ITERATIONS = 10
 FASTSCAN_BITS = 4  # what fast scan is built for: 16 centroids per sub-quantiser, a SIMD register of table
 # Neighbours per node of the HNSW graph over the list centroids, and the fewest candidates it keeps

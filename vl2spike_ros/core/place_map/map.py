@@ -61,7 +61,7 @@ class PlaceMap:
              SIMD tables, an HNSW graph over the list centroids); options nlist, m, nprobe, rerank as
              ivfpq, trained the same way (from max(16, nlist) descriptors). Left unset, nlist is about
              4 sqrt(count) (at most count/39), m dim/2 (one byte per two dimensions), nprobe a tenth
-             of nlist (at least 16); k-means runs 10 rounds on at most 64 descriptors per list.
+             of nlist (at least 16); k-means runs 10 rounds on at most 32 descriptors per list.
     """
 
     def __init__(self, dim: int, fingerprint: str, index_kind: str = "flat", **index_options: int) -> None:
