@@ -134,6 +134,7 @@ class RunningNode:
         return {"frames": count, "rate_hz_target": rate_hz, "rate_hz_achieved": round(count / wall, 2),
                 "answered": len(answers), "drops": count - len(answers),
                 "latency_ms": percentile_summary(end_to_end), "node_latency_ms": percentile_summary(inside),
+                "stage_ms": stages,
                 "node_cpu_percent": round(100.0 * cpu / wall, 1),
                 "node_rss_mb": round(resident_mb(self.process.pid), 1),
                 "node_peak_rss_mb": round(peak_resident_mb(self.process.pid), 1)}
