@@ -253,6 +253,48 @@ def test_fastscan_block_layout_edits_are_refused(tmp_path):
             PlaceMap.load(tmp_path / "map")
 
 
+@pytest.mark.parametrize("kind", ["ivfpq", "fastscan"])
+def test_an_inverted_list_id_beyond_the_map_is_refused(kind, tmp_path):
+    """A place id in the lists is what search hands back and re-ranking indexes the map with; one
+    edited to name no place made search raise IndexError on every query that reached it."""
+    place_map = built_map(kind)
+    place_map.save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    data = bytearray(index_path.read_bytes())
+    last_id = struct.pack("<q", len(place_map) - 1)
+    offset = data.rindex(last_id)  # the highest id is the last 8 bytes that spell it
+    data[offset:offset + 8] = struct.pack("<q", 4_861_092_669)
+    index_path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*place ids outside"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_random_edits_of_a_fastscan_index_are_refused_or_harmless(tmp_path):
+    """Eight random bytes written anywhere in a fast-scan index.faiss (format 1: no hashes to catch
+    them first): the map is refused with the one-line error, or, where the edit hit codes or
+    centroids, it loads and answers. FAISS never sees a length the walk did not check."""
+    built_map("fastscan").save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    original = index_path.read_bytes()
+    rng = np.random.default_rng(11)
+    refused = 0
+    for _ in range(60):
+        data = bytearray(original)
+        offset = int(rng.integers(0, len(data) - 8))
+        data[offset:offset + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        index_path.write_bytes(bytes(data))
+        try:
+            loaded = PlaceMap.load(tmp_path / "map")
+        except InputError as error:
+            assert "index.faiss is truncated or corrupt" in str(error)
+            refused += 1
+        else:
+            assert loaded.search(loaded.descriptors[:2], 2)[1].shape == (2, 2)
+    assert refused > 0
+
+
 def test_search_options_are_validated_and_a_refusal_changes_nothing():
     place_map = built_map("hnsw")
     place_map.set_search_options(ef_search=128)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import struct
 
+import numpy as np
+
 from vl2spike_ros.core.place_map.index_factory import FASTSCAN_QUANTISER_M
 from vl2spike_ros.errors import InputError
 
@@ -161,15 +163,24 @@ def _block_lists(cursor: _Cursor, nlist: int, block_bytes: int, count: int) -> N
     if (lists, code_size, block_vectors, found_block_bytes) != (nlist, _NO_CODE_SIZE, FASTSCAN_BLOCK_VECTORS, block_bytes):
         raise _Corrupt(f"{lists} block lists of {block_vectors} vectors in {found_block_bytes} bytes, "
                        f"expected {nlist} of {FASTSCAN_BLOCK_VECTORS} in {block_bytes}")
-    total = 0
+    ids = []
     for _ in range(nlist):
-        size, _ = cursor.vector(8)
+        size, list_ids = cursor.vector(8)
         code_bytes, _ = cursor.vector(1)
         if code_bytes != -(-size // FASTSCAN_BLOCK_VECTORS) * block_bytes:
             raise _Corrupt(f"a list of {size} vectors with {code_bytes} bytes of codes")
-        total += size
+        ids.append(list_ids)
+    total = sum(len(chunk) // 8 for chunk in ids)
     if total != count:
         raise _Corrupt(f"inverted lists hold {total} vectors but map.json says {count}")
+    _check_ids(ids, count)
+
+
+def _check_ids(chunks: list[bytes], count: int) -> None:
+    """The lists' ids must name every place once: search results index the map's places with them."""
+    ids = np.frombuffer(b"".join(chunks), dtype="<i8")
+    if ids.size and (ids.min() < 0 or ids.max() >= count or np.unique(ids).size != count):
+        raise _Corrupt(f"inverted lists name place ids outside 0..{count - 1} or one place twice")
 
 
 def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> None:
@@ -194,9 +205,11 @@ def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> 
         raise _Corrupt(f"inverted list layout {layout!r}")
     if sum(sizes) != count:
         raise _Corrupt(f"inverted lists hold {sum(sizes)} vectors but map.json says {count}")
+    ids = []
     for size in sizes:
         cursor.take(size * code_size)  # codes
-        cursor.take(size * 8)  # ids
+        ids.append(cursor.take(size * 8))
+    _check_ids(ids, count)
 
 
 _WALKERS = {"flat": _flat, "hnsw": _hnsw, "ivfpq": _ivfpq, "fastscan": _ivfpq_fastscan}
