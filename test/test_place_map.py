@@ -231,9 +231,9 @@ def test_fastscan_sizes_itself_from_the_map_and_probing_more_lists_agrees_more(t
     assert PlaceMap.load(tmp_path / "map").search(queries, 1)[1][:, 0].tolist() == exact.tolist()
 
 
-def test_auto_index_is_exact_for_small_maps_and_fastscan_for_large_ones():
+def test_auto_index_is_exact_for_small_maps_and_ivfpq_for_large_ones():
     assert index_kind_for(AUTO_FLAT_MAX_PLACES) == "flat"
-    assert index_kind_for(AUTO_FLAT_MAX_PLACES + 1) == "fastscan"
+    assert index_kind_for(AUTO_FLAT_MAX_PLACES + 1) == "ivfpq"
 
 
 def test_fastscan_block_layout_edits_are_refused(tmp_path):

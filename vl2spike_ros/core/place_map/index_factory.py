@@ -22,8 +22,9 @@ from vl2spike_ros.core.place_map.place import is_int, short_repr
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq", "fastscan")
 TRAINED_KINDS = ("ivfpq", "fastscan")
-# `build-map --index auto`: exact search up to this many places, fastscan above (docs/map_scale.md
-# has the measurements behind it).
+# `build-map --index auto`: exact search up to this many places, ivfpq above (docs/map_scale.md has
+# the measurements behind it: on route-shaped maps of 30k and 100k places ivfpq and fastscan were
+# within noise of each other at 30k and ivfpq twice as fast at 100k).
 AUTO = "auto"
 AUTO_FLAT_MAX_PLACES = 10_000
 # Options each index kind accepts, with defaults; None means "chosen from the data at training".
@@ -91,7 +92,7 @@ def options_from_data(index_kind: str) -> tuple[str, ...]:
 
 def index_kind_for(count: int) -> str:
     """The index kind `build-map --index auto` gives a map of `count` places."""
-    return "flat" if count <= AUTO_FLAT_MAX_PLACES else "fastscan"
+    return "flat" if count <= AUTO_FLAT_MAX_PLACES else "ivfpq"
 
 
 def minimum_training_count(index_kind: str, options: dict[str, int | None]) -> int:
@@ -118,7 +119,9 @@ def trained_index(index_kind: str, vectors: np.ndarray, options: dict[str, int |
     count, dim = vectors.shape
     nlist = options["nlist"] or max(1, min(round(math.sqrt(count)), count // IVF_POINTS_PER_LIST))
     m = options["m"] or _largest_divisor_up_to(dim, max(1, min(64, dim // 8)))
-    nprobe = min(nlist, options["nprobe"] or 16)
+    # A tenth of the lists, at least 16: on route-shaped maps of 100k places 16 of 316 lists agreed
+    # with exact search on 93.5% of revisits, 32 on 99.5% (docs/map_scale.md).
+    nprobe = min(nlist, options["nprobe"] or max(16, nlist // 10))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, options["nbits"], faiss.METRIC_INNER_PRODUCT)
     # We train on few points on purpose (a map is small); k-means would warn on every sub-quantiser.
@@ -134,8 +137,7 @@ def _trained_fastscan_index(vectors: np.ndarray, options: dict[str, int | None])
     nlist = options["nlist"] or max(1, min(round(FASTSCAN_LISTS_PER_ROOT * math.sqrt(count)),
                                            count // IVF_POINTS_PER_LIST))
     m = options["m"] or _largest_divisor_up_to(dim, max(1, dim // 2))
-    # About a tenth of the lists: on route-shaped maps of 100k places that is where top-1 agrees with
-    # exact search on 99% of revisits (docs/map_scale.md).
+    # A tenth of the lists, as ivfpq (docs/map_scale.md has what other fractions agree).
     nprobe = min(nlist, options["nprobe"] or max(16, nlist // 10))
     quantizer = faiss.IndexHNSWFlat(dim, FASTSCAN_QUANTISER_M, faiss.METRIC_INNER_PRODUCT)
     index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, m, FASTSCAN_BITS, faiss.METRIC_INNER_PRODUCT)

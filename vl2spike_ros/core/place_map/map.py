@@ -56,7 +56,8 @@ class PlaceMap:
              the add that reaches that count trains IVF-PQ on all of them, and so does each add
              that brings the map to IVFPQ_RETRAIN_GROWTH (2) times the count of the last training.
              Left unset, nlist is about sqrt(count) (and at most count/39), m the largest divisor
-             of dim up to min(64, dim/8), nprobe min(nlist, 16), chosen again at each training.
+             of dim up to min(64, dim/8), nprobe a tenth of nlist (at least 16, at most nlist), chosen
+             again at each training.
       fastscan  IVF-PQ for a million places and more (IndexIVFPQFastScan, 4-bit codes scanned with
              SIMD tables, an HNSW graph over the list centroids); options nlist, m, nprobe, rerank as
              ivfpq, trained the same way (from max(16, nlist) descriptors). Left unset, nlist is about
