@@ -11,8 +11,9 @@ Sets (from ../shared/data; a set whose folder is missing is skipped and said so)
   python benchmarks/cross_domain.py --out results/cross_domain/NAME --checkpoint a.safetensors [--checkpoint b ...]
       [--resize-modes crop,squeeze,letterbox]
 
-Writes results.json and results.md in --out. The resize-mode rows feed the same weights frames
-fitted another way: a checkpoint copy whose config names that mode (its own fingerprint).
+Writes results.json and results.md in --out. The resize-mode rows feed the same weights (or the
+baseline) frames fitted another way: for a student, a checkpoint copy whose config names that mode
+(its own fingerprint). Rows without a mode use the checkpoint's own mode, and crop for the baseline.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from vl2spike_ros.core.atomic_files import atomic_write_bytes
 from vl2spike_ros.core.checkpoint import load_checkpoint, save_checkpoint
-from vl2spike_ros.core.preprocess import RESIZE_MODES
+from vl2spike_ros.model.config import DEFAULT_RESIZE_MODE, RESIZE_MODES
 
 NORDLAND_TEST_AFTER_FRAME = 18200
 SPEDTEST_FIRST_HELDOUT = 400
@@ -99,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         if not sets:
             parser.error(f"--data {args.data}: none of essex3in1, spedtest, nordland64 is there")
         models = {"patch-normalised pixels": ["--baseline", "patchnorm"]}
+        for mode in modes:
+            if mode != DEFAULT_RESIZE_MODE:
+                models[f"patch-normalised pixels ({mode})"] = ["--baseline", "patchnorm", "--baseline-resize-mode",
+                                                                mode]
         for checkpoint in checkpoints:
             label = Path(checkpoint).stem
+            own_mode = load_checkpoint(checkpoint)[0].config.resize_mode
             models[label] = ["--checkpoint", checkpoint, "--backend", "torch"]
             for mode in modes:
-                variant = with_resize_mode(checkpoint, mode, scratch)
-                models[f"{label} ({mode})"] = ["--checkpoint", str(variant), "--backend", "torch"]
+                if mode != own_mode:
+                    variant = with_resize_mode(checkpoint, mode, scratch)
+                    models[f"{label} ({mode})"] = ["--checkpoint", str(variant), "--backend", "torch"]
         for label, extra in models.items():
             rows[label] = {}
             for name, (reference, query, tolerance) in sets.items():

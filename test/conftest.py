@@ -1,6 +1,7 @@
-"""Shared test set-up: real data paths, a quiet, single-threaded torch (2 shared cores), and one
-private ONNX export cache for the whole run, so each model is exported once (the default backend
-exports on first use)."""
+"""Shared test set-up: real data paths, a quiet, single-threaded torch (2 shared cores), one private
+ONNX export cache for the whole run, so each model is exported once (the default backend exports on
+first use), and modules that import the training package skipped with the reason where it is absent."""
+import ast
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 NORDLAND = SHARED_DATA / "nordland64"
 CIFAR10 = SHARED_DATA / "cifar10"
+
+
+class _SkippedModule(pytest.Module):
+    """A test module reported as skipped, with the reason, instead of being imported."""
+
+    def collect(self):
+        pytest.skip(self.skip_reason)
+
+
+def _imports_training_at_the_top(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vl2spike_training"
+               or isinstance(node, ast.Import) and any(a.name.split(".")[0] == "vl2spike_training" for a in node.names)
+               for node in tree.body)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path, parent):
+    # Before launch_testing's plugin, which imports every module to look for a launch test, outside
+    # pytest's handling of collection errors: an ImportError, or a module-level skip, there would end
+    # the whole run, the launch tests with it.
+    from helpers import TRAINING_MISSING
+
+    if TRAINING_MISSING and module_path.name.startswith("test_") and _imports_training_at_the_top(module_path):
+        module = _SkippedModule.from_parent(parent, path=module_path)
+        module.skip_reason = f"{module_path.name} {TRAINING_MISSING}"
+        return module
+    return None
 
 
 def require_dir(path: Path) -> Path:

@@ -65,9 +65,11 @@ def build_test_map(checkpoint: Path, images: Path, out: Path) -> Path:
 
 
 class NodeProcess:
-    """vpr_node started from its console script with `--ros-args`, output in a log file."""
+    """vpr_node started from its console script with `--ros-args`, output in a log file; `launcher`
+    replaces the console script (the command before `--ros-args`)."""
 
-    def __init__(self, log_path: Path, params: dict, namespace: str, extra_args: list[str] = ()) -> None:
+    def __init__(self, log_path: Path, params: dict, namespace: str, extra_args: list[str] = (),
+                 launcher: list[str] | None = None) -> None:
         ros_args = ["-r", f"__ns:={namespace}"]
         for name, value in params.items():
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
@@ -78,7 +80,10 @@ class NodeProcess:
         from vl2spike_ros.demo.node_process import node_command
 
         # The console script beside the venv's Python (pip install -e . / make), as users start it.
-        self.process = subprocess.Popen(node_command([*ros_args, *extra_args]),
+        command = node_command([*ros_args, *extra_args])
+        if launcher is not None:
+            command = [*launcher, *command[command.index("--ros-args"):]]
+        self.process = subprocess.Popen(command,
                                         stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **ROS_ENV})
 

@@ -76,3 +76,15 @@ def test_cli_baseline_patchnorm_writes_metrics(tmp_path):
                              text=True, timeout=120)
     assert refused.returncode == 2 and "needs --reference" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_baseline_resize_mode_fits_other_aspect_ratios_its_own_way(tmp_path):
+    from helpers import photo
+
+    square = photo("astronaut", (96, 96))
+    crop, letterbox = (patchnorm_descriptors([square], resize_mode=mode) for mode in ("crop", "letterbox"))
+    assert not np.allclose(crop, letterbox)
+    summer, winter = write_traverses(tmp_path / "route", places=24)
+    result = evaluate_patchnorm(ImageFolderSequence(summer), ImageFolderSequence(winter), 0,
+                                resize_mode="letterbox")
+    assert "letterbox" in result.metrics["baseline"]

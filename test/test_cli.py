@@ -170,11 +170,15 @@ def test_every_command_has_help():
         assert sub.returncode == 0 and "usage:" in sub.stdout
 
 
-def test_energy_reports_a_ratio(workspace, capsys):
+def test_energy_reports_a_ratio_and_exports_nothing(workspace, capsys, tmp_path, monkeypatch):
     _, checkpoint, reference, _ = workspace
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     assert main(["energy", "--checkpoint", str(checkpoint), "--images", str(reference), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0 < report["ratio"] < 1 and report["snn_energy_pj"] > 0
+    assert 0 < report["ratio_int8"] < 1 and report["ann_int8_energy_pj"] > 0
+    assert not (cache / "vl2spike_ros").exists()  # counted on PyTorch: no ONNX export in the user cache
 
 
 def test_nordland_end_to_end(tmp_path):

@@ -33,7 +33,8 @@ def test_sets_of_mixed_sizes_are_evaluated_under_each_resize_mode(tmp_path):
     assert script.main(["--out", str(tmp_path / "out"), "--data", str(data), "--checkpoint", str(checkpoint),
                         "--resize-modes", "letterbox"]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())["recall@1"]
-    assert set(results) == {"patch-normalised pixels", "tiny", "tiny (letterbox)"}
+    assert set(results) == {"patch-normalised pixels", "patch-normalised pixels (letterbox)", "tiny",
+                            "tiny (letterbox)"}
     assert all(set(row) == {"essex3in1"} and 0.0 <= row["essex3in1"] <= 100.0 for row in results.values())
     assert "| tiny (letterbox) |" in (tmp_path / "out" / "results.md").read_text()
     variant = script.with_resize_mode(str(checkpoint), "letterbox", tmp_path)

@@ -1,4 +1,6 @@
 """images.py on real photographs from scikit-image: every encoding lands as the same RGB."""
+import io
+import zlib
 from pathlib import Path
 
 import cv2
@@ -96,6 +98,62 @@ def test_decode_compressed_refuses_corrupt_data(rgb):
         decode_compressed(png.tobytes()[:40], "png")
     with pytest.raises(InputError, match="0 bytes"):
         decode_compressed(b"")
+
+
+def interlaced_png(gray: np.ndarray) -> bytes:
+    """An 8-bit gray Adam7-interlaced PNG (OpenCV writes none): each pass's rows, filter type 0."""
+    from vl2spike_ros.core.png_check import ADAM7
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    height, width = gray.shape
+    rows = b"".join(b"\0" + row.tobytes() for column, row_, column_step, row_step in ADAM7
+                    for row in gray[row_::row_step, column::column_step] if row.size)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 1])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_every_kind_of_png_passes_the_check_before_decoding(rgb, capfd):
+    """check_png (which keeps libpng's own error lines off stderr) accepts what libpng decodes: the
+    colour types, bit depths 1-16, palettes, several IDATs and interlacing."""
+    from PIL import Image
+
+    from vl2spike_ros.core.png_check import check_png
+
+    pngs = {f"opencv {name} level {level}": cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, level])[1]
+            .tobytes() for level in (0, 9) for name, pixels in (
+                ("gray", rgb[:, :, 0]), ("bgr", rgb), ("bgra", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)),
+                ("gray16", rgb[:, :, 0].astype(np.uint16) * 257), ("bgr16", rgb.astype(np.uint16) * 257))}
+    for mode, options in (("1", {}), ("LA", {}), ("P", {"bits": 2}), ("P", {"bits": 4}), ("P", {})):
+        stream = io.BytesIO()
+        image = Image.fromarray(rgb)
+        image = image.quantize(2 ** options.get("bits", 8)) if mode == "P" else image.convert(mode)
+        image.save(stream, "PNG", **options)
+        pngs[f"pillow {mode} {options}"] = stream.getvalue()
+    for shape in ((48, 64), (1, 5), (5, 1)):  # the small ones leave some passes empty
+        pngs[f"interlaced {shape}"] = interlaced_png(rgb[:shape[0], :shape[1], 1])
+    for name, png in pngs.items():
+        check_png(png, name)
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded is not None and decode_compressed(png).shape[:2] == decoded.shape[:2], name
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(pngs["interlaced (48, 64)"], np.uint8),
+                                               cv2.IMREAD_UNCHANGED), rgb[:, :, 1])
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda png: png[:41] + bytes(len(png) - 53) + png[-12:], "chunk 'IDAT' at byte 33 fails its CRC"),
+    (lambda png: png[:-12], "before IEND"),
+    (lambda png: png[:60], "chunk 'IDAT' at byte 33 claims"),
+    (lambda png: png[:24] + b"\x03" + png[25:29] + zlib.crc32(png[12:24] + b"\x03" + png[25:29]).to_bytes(4, "big")
+     + png[33:], "bit depth 3, colour type 2"),
+])
+def test_a_corrupt_png_is_refused_before_libpng_sees_it(rgb, capfd, change, message):
+    _, png = cv2.imencode(".png", rgb)
+    with pytest.raises(InputError, match=f"format 'png'.*cannot decode its PNG data: .*{message}"):
+        decode_compressed(change(png.tobytes()), "png")
+    assert capfd.readouterr().err == ""
 
 
 def test_size_bomb_is_refused_from_its_header_before_decoding(tmp_path):

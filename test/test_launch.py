@@ -16,7 +16,6 @@ Where launch_testing does not import (no ROS 2 launch stack) it skips with the r
 loopback; a ROS_DOMAIN_ID given by the caller is kept.
 """
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -147,16 +146,14 @@ def _ros2_launch(*arguments: str, log_name: str) -> tuple[subprocess.Popen, Path
     return process, log_path
 
 
-def _first_match(probe, namespace: str, transport: str, timeout_s: float) -> dict | None:
-    """Publish the query photo on the node's input (re-sent until an answer: discovery takes a
-    moment and the input is best effort) and return the first ~/match JSON."""
+def _publish_query_until(probe, namespace: str, transport: str, done, timeout_s: float) -> None:
+    """Publish the query photo on the node's input until `done()` (re-sent: discovery takes a moment
+    and the input is best effort)."""
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
-    from std_msgs.msg import String
 
     from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 
-    matches = probe.collect(String, f"{namespace}/vpr_node/match", lambda message: json.loads(message.data))
     topic = f"{namespace}/{IMAGE_TOPIC}"
     if transport == "compressed":
         publisher = probe.node.create_publisher(CompressedImage, f"{topic}/compressed", qos_profile_sensor_data)
@@ -165,8 +162,32 @@ def _first_match(probe, namespace: str, transport: str, timeout_s: float) -> dic
         publisher = probe.node.create_publisher(Image, topic, qos_profile_sensor_data)
         message = rgb_to_image(_photo(PHOTOS[QUERY]))
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not probe.wait_until(lambda: bool(matches), 0.5):
+    while time.monotonic() < deadline and not probe.wait_until(done, 0.5):
         publisher.publish(message)
+    probe.node.destroy_publisher(publisher)
+
+
+def _ros2_topic_echo_field(probe, namespace: str, field: str, timeout_s: float) -> str:
+    """`ros2 topic echo --once --field FIELD` of the node's ~/match, as a user runs it, while the query
+    photo is published; its output."""
+    process = subprocess.Popen([_ros2(), "topic", "echo", "--once", "--field", field, f"{namespace}/vpr_node/match",
+                                "vl2spike_ros/msg/PlaceMatch"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        _publish_query_until(probe, namespace, "raw", lambda: process.poll() is not None, timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.communicate()[0]
+
+
+def _first_match(probe, namespace: str, transport: str, timeout_s: float):
+    """The first ~/match answer to the query photo: a PlaceMatch where the package's messages are
+    built (colcon, `make`), else std_msgs/String JSON."""
+    from vl2spike_ros.ros.match_message import MATCH_TYPE
+
+    matches = probe.collect(MATCH_TYPE, f"{namespace}/vpr_node/match")
+    _publish_query_until(probe, namespace, transport, lambda: bool(matches), timeout_s)
     with probe.lock:
         return matches[0] if matches else None
 
@@ -199,8 +220,16 @@ if LAUNCH_TESTING_ERROR is None:
         def tearDownClass(cls):
             cls.probe.close()
 
-        def assert_matched(self, match: dict | None) -> None:
-            self.assertIsNotNone(match, "no ~/match within 60 s of publishing")
+        def assert_matched(self, message) -> None:
+            from vl2spike_ros.ros.match_message import TYPED_UNAVAILABLE, match_fields
+
+            self.assertIsNotNone(message, "no ~/match within 60 s of publishing")
+            if TYPED_UNAVAILABLE is None:  # built by colcon or `make`: the node must publish the typed message
+                from vl2spike_ros.msg import PlaceMatch
+
+                self.assertIsInstance(message, PlaceMatch)
+                self.assertEqual(list(message.place_ids)[0], QUERY)
+            match = match_fields(message)
             self.assertEqual(match["map_size"], len(PHOTOS))
             self.assertEqual(match["place_ids"][0], QUERY, match)
             self.assertEqual(len(match["place_ids"]), TOP_K, match)
@@ -246,14 +275,21 @@ if LAUNCH_TESTING_ERROR is None:
             self.assertIn(f"map '{missing}': no such map directory", output)
             self.assertIn("vpr_node exited with code 1", output)
 
-        def test_ros2_launch_ends_cleanly_on_ctrl_c(self):
-            process, log_path = _ros2_launch(f"map_path:={_reference_map()}", f"namespace:=/vpr_launch_ctrl_c_{os.getpid()}",
-                                             log_name="ctrl_c.log")
+        def test_ros2_launch_publishes_what_ros2_topic_echo_shows_and_ends_cleanly_on_ctrl_c(self):
+            from vl2spike_ros.ros.match_message import TYPED_UNAVAILABLE
+
+            namespace = f"/vpr_launch_ctrl_c_{os.getpid()}"
+            process, log_path = _ros2_launch(f"map_path:={_reference_map()}", f"namespace:={namespace}",
+                                             f"image_topic:={IMAGE_TOPIC}", log_name="ctrl_c.log")
             try:
                 deadline = time.monotonic() + 180
                 while "active: listening on" not in log_path.read_text() and time.monotonic() < deadline:
                     self.assertIsNone(process.poll(), log_path.read_text())
                     time.sleep(0.2)
+                if TYPED_UNAVAILABLE is None:  # a PlaceMatch, field by field
+                    for field, shown in (("best_place.source", f"images-{QUERY:05d}.png"), ("map_size", "4")):
+                        output = _ros2_topic_echo_field(self.probe, namespace, field, timeout_s=60)
+                        self.assertEqual(output.splitlines()[0], shown, output)
                 # Ctrl-C in a terminal signals the whole process group: launch, which forwards it to the
                 # node, and the node itself; then a second Ctrl-C.
                 os.killpg(process.pid, signal.SIGINT)

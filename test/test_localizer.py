@@ -57,13 +57,31 @@ def test_sequence_matching_recovers_a_route_single_frames_miss(encoder):
 
 
 def test_sequence_matching_lists_only_references_it_could_score(encoder):
-    references = unit_rows(30, encoder.dim, seed=1)
-    localizer = Localizer(encoder, map_of(encoder, references), top_k=30, sequence_length=5)
-    for place in range(10, 15):
-        match = localizer.match_descriptor(references[place])
-    # Velocity 0.8 reaches back 3 references over five queries: references 0-2 lack a term there.
-    assert sorted(match.place_ids) == list(range(3, 30)) and np.isfinite(match.scores).all()
-    assert match.place_ids[0] == 14
+    references = unit_rows(3, encoder.dim, seed=1)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=3, sequence_length=5)
+    matches = [localizer.match_descriptor(references[place % 3]) for place in range(5)]
+    # Three queries reach back two references, round the map of 3: every place is scored.
+    assert sorted(matches[2].place_ids) == [0, 1, 2] and np.isfinite(matches[2].scores).all()
+    assert matches[2].place_ids[0] == 2
+    # Five reach back at least three (velocity 0.8: 0, 1, 2, 2, 3), round the whole map: none is.
+    assert matches[4].place_ids == [] and not matches[4].accepted and matches[4].best_place is None
+
+
+def test_sequence_matching_finds_the_start_of_a_loop_driven_twice(encoder):
+    """The map is one lap of a loop; the robot drives it twice without a reset. At the first places
+    of the second lap the sequences reach back past place 0 into the end of the first lap."""
+    places, length = 30, 5
+    references = unit_rows(places, encoder.dim, seed=1)
+    localizer = Localizer(encoder, map_of(encoder, references), top_k=1, sequence_length=length)
+    rng = np.random.default_rng(2)
+    second_lap = []
+    for lap in range(2):
+        for place in range(places):
+            noisy = references[place] + rng.normal(scale=0.12, size=encoder.dim).astype(np.float32)
+            match = localizer.match_descriptor(noisy / np.linalg.norm(noisy))
+            if lap == 1:
+                second_lap.append(match.place_ids[0] if match.place_ids else None)
+    assert second_lap == list(range(places))
 
 
 def test_sequence_matching_searches_exactly_whatever_the_index(encoder):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.benchmark.map_search import search_at_size, synthetic_map
+from vl2spike_ros.benchmark.options import ROUTE_DATA_HINT
 from vl2spike_ros.benchmark.route_shape import route_cosines, route_revisits, route_rows
 
 
@@ -66,6 +67,23 @@ def test_map_benchmark_writes_both_descriptor_kinds(tmp_path, nordland):
 
 def test_route_descriptors_need_route_data(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vl2spike_ros.cli", "benchmark", "--out", str(tmp_path),
-                           "--parts", "map"], capture_output=True, text=True, timeout=600)
+                           "--parts", "map", "--map-kinds", "isotropic,route"], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("vl2spike benchmark: error: --map-kinds route: expected --route-data DIR")
+
+
+def test_quick_benchmark_without_route_data_runs_the_isotropic_maps(tmp_path):
+    """The README's `vl2spike benchmark --quick --out DIR`, at the smallest sizes and the map part
+    alone: the isotropic maps run, and one line says how to add the route-shaped ones."""
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "vl2spike_ros.cli", "benchmark", "--quick", "--out", str(out),
+                           "--parts", "map", "--map-sizes", "1000,1000,1000", "--hnsw-max-places", "1000",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    hints = [line for line in done.stdout.splitlines() if "--route-data" in line]
+    assert hints == [ROUTE_DATA_HINT]
+    results = json.loads((out / "benchmark.json").read_text())
+    assert results["options"]["map_kinds"] == ["isotropic"]
+    assert {row["descriptors"] for row in results["map_search"]} == {"isotropic"}
+    assert results["map_1m_query_ms"] is not None and "map_route_1m_query_ms" not in results

@@ -7,10 +7,8 @@ import pytest
 import torch
 from spikingjelly.activation_based import neuron
 
-from helpers import photo, tiny_student, write_tiny_checkpoint
-from vl2spike_training.evaluation import SpikeRateMeter
+from helpers import photo, require_training, tiny_student, write_tiny_checkpoint
 from vl2spike_ros.cli import main as vl2spike
-from vl2spike_training.warm_start import initialise_from_checkpoint
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.energy import estimate_energy
 from vl2spike_ros.errors import InputError
@@ -98,14 +96,18 @@ def test_integer_energy_counts_every_spike_and_the_twin_is_its_own_ann():
     report = estimate_energy(model, photos())
     handle.remove()
     layer = next(item for item in report.layers if item.name == "backbone.blocks.0.mlp.fc1.0")
-    assert layer.input_firing_rate == pytest.approx(float(seen[0].mean()))  # levels, not non-zeros
-    assert layer.input_firing_rate > float((seen[0] != 0).float().mean())
+    assert layer.input_spikes_per_entry == pytest.approx(float(seen[0].mean()))  # levels, not non-zeros
+    assert layer.input_fraction_firing == pytest.approx(float((seen[0] != 0).float().mean()))
+    assert layer.input_spikes_per_entry > layer.input_fraction_firing
 
     twin = estimate_energy(tiny_student(neuron="relu"), photos())
     assert twin.ratio == pytest.approx(1.0) and twin.snn_energy_pj == pytest.approx(twin.ann_energy_pj)
 
 
 def test_spike_rate_meter_reports_mean_levels_of_integer_neurons():
+    require_training()
+    from vl2spike_training.evaluation import SpikeRateMeter
+
     model = tiny_student(neuron="integer", spike_levels=4).eval()
     meter = SpikeRateMeter(model)
     outputs = []
@@ -129,6 +131,9 @@ def test_config_refuses_levels_without_integer_neurons_and_unknown_kinds():
 
 
 def test_a_student_starts_from_its_twin_and_a_twin_of_another_shape_is_refused(tmp_path):
+    require_training()
+    from vl2spike_training.warm_start import initialise_from_checkpoint
+
     twin_path = write_tiny_checkpoint(tmp_path / "twin.safetensors", seed=3, neuron="relu")
     student = tiny_student(seed=0, neuron="plif", spike_levels=1)
     line = initialise_from_checkpoint(student, str(twin_path))
@@ -155,6 +160,7 @@ def test_onnx_export_gives_the_same_descriptors(tmp_path, overrides):
 
 
 def test_twin_layer_alignment_is_zero_for_the_twin_itself_and_grows_with_disagreement(tmp_path):
+    require_training()
     from vl2spike_training.twin_distillation import NeuronTap, layer_alignment, load_twin
 
     twin_path = write_tiny_checkpoint(tmp_path / "twin.safetensors", seed=1, neuron="relu")
@@ -175,6 +181,7 @@ def test_twin_layer_alignment_is_zero_for_the_twin_itself_and_grows_with_disagre
 
 
 def test_a_spiking_checkpoint_is_refused_as_a_twin(tmp_path):
+    require_training()
     from vl2spike_training.twin_distillation import load_twin
 
     spiking = write_tiny_checkpoint(tmp_path / "spiking.safetensors")

@@ -6,6 +6,7 @@ reference traverse) and a mapping one on compressed images (starting from an emp
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -22,13 +23,15 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 
 from vl2spike_ros.sources.image_folders import ImageFolderSequence  # noqa: E402
 from vl2spike_ros.demo.route import write_demo_route  # noqa: E402
 from vl2spike_ros.core.place_map import PlaceMap  # noqa: E402
 from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image  # noqa: E402
 from vl2spike_ros.ros.node_diagnostics import STAGES  # noqa: E402
+from vl2spike_ros.ros.match_message import (MATCH_TYPE, SAVE_MAP_TYPE, TYPED_UNAVAILABLE,  # noqa: E402
+                                            match_fields)
 
 RAW_NS = "/vpr_test_raw"
 MAP_NS = "/vpr_test_map"
@@ -66,12 +69,12 @@ def _start(assets, namespace: str, log_name: str, **params):
 class Channel:
     """A node process plus the probe's publisher, /match and /diagnostics collectors for it."""
 
-    def __init__(self, probe, node, compressed: bool) -> None:
+    def __init__(self, probe, node, compressed: bool, match_type=MATCH_TYPE, read_match=match_fields) -> None:
         self.probe, self.node = probe, node
         self.msg_type = CompressedImage if compressed else Image
         topic = f"{node.namespace}/image" + ("/compressed" if compressed else "")
         self.publisher = probe.node.create_publisher(self.msg_type, topic, qos_profile_sensor_data)
-        self.matches = probe.collect(String, f"{node.namespace}/vpr_node/match", lambda m: json.loads(m.data))
+        self.matches = probe.collect(match_type, f"{node.namespace}/vpr_node/match", read_match)
         prefix = f"{node.namespace}/vpr_node"
         self.diagnostics = probe.collect(
             DiagnosticArray, "/diagnostics", lambda m: support.diagnostics_values(m, prefix))
@@ -160,6 +163,65 @@ def test_matches_carry_the_query_stamp(raw, assets):
         assert match["best_place"]["source"].startswith("images-")
     indices = [m["query_index"] for m in raw.matches]
     assert indices == sorted(indices)
+
+
+@pytest.mark.skipif(TYPED_UNAVAILABLE is not None, reason=str(TYPED_UNAVAILABLE))
+def test_match_is_a_typed_place_match_and_the_json_topic_says_the_same(raw, probe, assets):
+    from vl2spike_ros.msg import PlaceMatch
+
+    typed = probe.collect(PlaceMatch, f"{RAW_NS}/vpr_node/match")
+    deprecated_json = probe.collect(String, f"{RAW_NS}/vpr_node/match_json", lambda m: json.loads(m.data))
+
+    def pair(sec):
+        typed_ones = [m for m in typed if m.header.stamp.sec == sec]
+        json_ones = [m for m in deprecated_json if m["stamp"]["sec"] == sec]
+        return (typed_ones[0], json_ones[0]) if typed_ones and json_ones else None
+
+    found, deadline = None, time.monotonic() + 60  # the new subscriptions need discovery first
+    while found is None and time.monotonic() < deadline:
+        sec = raw.send(assets["images"][9])["stamp"]["sec"]
+        probe.wait_until(lambda: pair(sec) is not None, 2.0)
+        with probe.lock:
+            found = pair(sec)
+    assert found is not None, "no PlaceMatch with its JSON twin"
+    message, body = found
+    assert isinstance(message, PlaceMatch)
+    assert message.header.frame_id == "test_camera" and message.header.stamp.nanosec == 0
+    assert len(message.place_ids) == 5 and message.scores[0] >= message.scores[-1]
+    assert message.accepted and message.mode == "localize" and message.added_place_id == -1
+    assert message.sequence_length == 1 and message.latency_ms > 0
+    assert message.map_size == len(PlaceMap.load(assets["map"]))
+    best = message.best_place
+    assert best.place_id == message.place_ids[0]
+    assert best.source == f"images-{best.frame:05d}.png" and not best.has_pose
+    fields = match_fields(message)  # float32 on the wire; the JSON keeps the node's float64
+    assert body.keys() == fields.keys()
+    for key in body:
+        expected = pytest.approx(fields[key], rel=1e-6) if key in ("scores", "latency_ms") else fields[key]
+        assert body[key] == expected, key
+
+
+def test_without_the_typed_messages_the_node_says_so_once_and_publishes_json(assets, probe):
+    """A pip install without the package's generated messages: one log line, JSON on ~/match,
+    ~/save_map a std_srvs/Trigger."""
+    namespace = "/vpr_test_json"
+    hide_messages = ("import sys; sys.modules['vl2spike_ros.msg'] = sys.modules['vl2spike_ros.srv'] = None; "
+                     "from vl2spike_ros.ros.node import main; sys.exit(main())")
+    node = support.NodeProcess(assets["root"] / "json_node.log",
+                               {"model_path": assets["checkpoint"], "num_threads": 1, "map_path": assets["map"]},
+                               namespace, launcher=[sys.executable, "-c", hide_messages])
+    channel = Channel(probe, node, compressed=False, match_type=String, read_match=lambda m: json.loads(m.data))
+    channel.probe_image = assets["images"][0]
+    try:
+        _wait_active(channel)
+        match = channel.send(assets["images"][3])
+        assert match["schema_version"] == 1 and len(match["place_ids"]) == 5 and match["accepted"]
+        services = dict(probe.node.get_service_names_and_types())
+        assert services[f"{namespace}/vpr_node/save_map"] == ["std_srvs/srv/Trigger"]
+    finally:
+        code = node.stop()
+    assert code == 0, node.log()
+    assert node.log().count("the package's messages are not built here") == 1, node.log()
 
 
 def test_node_is_an_active_lifecycle_node(raw, probe):
@@ -303,10 +365,12 @@ def test_compressed_mapping_adds_places_and_save_round_trips(mapping, probe, ass
     size = results[-1]["map_size"]
     assert size == 1 + len(new_ids)
 
-    reply = probe.call(Trigger, f"{MAP_NS}/vpr_node/save_map", Trigger.Request())
+    reply = probe.call(SAVE_MAP_TYPE, f"{MAP_NS}/vpr_node/save_map", SAVE_MAP_TYPE.Request())
     assert reply.success, reply.message
     saved = PlaceMap.load(assets["root"] / "new_map")
     assert len(saved) == size
+    if TYPED_UNAVAILABLE is None:
+        assert (reply.path, reply.place_count) == (str(assets["root"] / "new_map"), size)
     last = saved.places[-1]
     stamp = next(m["stamp"] for m in results if m["added_place_id"] == last.place_id)
     assert last.source == f"{MAP_NS}/image/compressed@{stamp['sec']}.{stamp['nanosec']:09d}"
@@ -395,7 +459,7 @@ def test_mapping_with_ivfpq_from_an_empty_map(assets, probe, tmp_path):
         assert added and added == list(range(1, len(added) + 1))
         diagnostics = settled_diagnostics(channel)
         assert diagnostics["map_errors"] == "0" and diagnostics["invalid_frames"] == "0"
-        reply = probe.call(Trigger, "/vpr_test_ivfpq/vpr_node/save_map", Trigger.Request())
+        reply = probe.call(SAVE_MAP_TYPE, "/vpr_test_ivfpq/vpr_node/save_map", SAVE_MAP_TYPE.Request())
         assert reply.success, reply.message
         assert len(PlaceMap.load(tmp_path / "ivfpq_map")) == 1 + len(added)
     finally:

@@ -2,7 +2,6 @@
 (1.2 GB once decoded) is counted invalid from its header, and the node's memory stays bounded."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,10 +14,10 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
 
 from helpers import jpeg_size_bomb, photo  # noqa: E402
 from vl2spike_ros.ros.image_messages import rgb_to_compressed  # noqa: E402
+from vl2spike_ros.ros.match_message import MATCH_TYPE, match_fields  # noqa: E402
 
 NAMESPACE = "/vpr_test_untrusted"
 # The bomb decoded would add 1.2 GB; a few frames' worth of working memory is all the node may gain.
@@ -54,7 +53,7 @@ def test_jpeg_size_bomb_is_invalid_and_memory_stays_bounded(tmp_path):
     try:
         publisher = probe.node.create_publisher(CompressedImage, f"{NAMESPACE}/image/compressed",
                                                 qos_profile_sensor_data)
-        matches = probe.collect(String, f"{NAMESPACE}/vpr_node/match", lambda m: json.loads(m.data))
+        matches = probe.collect(MATCH_TYPE, f"{NAMESPACE}/vpr_node/match", match_fields)
         diagnostics = probe.collect(DiagnosticArray, "/diagnostics",
                                     lambda m: support.diagnostics_values(m, f"{NAMESPACE}/vpr_node"))
         assert node.wait_for_log("active: listening on", 120.0), node.log()

@@ -138,10 +138,11 @@ def read_subset(folder, count):
     return images, np.array(frames)
 
 
-def test_nordland_descriptors_and_recall_are_the_same():
+def test_nordland_descriptors_agree_but_for_a_few_frames_and_recall_by_no_more():
     """The shipped model on the first 300 places of Nordland: a map built with one backend serves
-    the other, descriptors agree to 1e-5 but for the rare frame whose integer spikes round the
-    other way, and Recall@1 differs by no more than those frames."""
+    the other; the descriptors agree to 1e-5 on all but at most 10% of the frames (those whose
+    integer spikes round the other way), which keep a cosine of at least 0.99; Recall@1 differs by
+    no more than the share of those frames. Not equality: see the comment below."""
     nordland = require_dir(NORDLAND)
     references, reference_frames = read_subset(nordland / "summer", NORDLAND_SUBSET)
     queries, query_frames = read_subset(nordland / "winter", NORDLAND_SUBSET)

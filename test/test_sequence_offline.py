@@ -40,8 +40,10 @@ def test_bad_arguments_are_refused():
 
 
 def test_references_without_a_score_come_back_as_minus_one():
-    similarity = np.full((4, 5), 0.5, dtype=np.float32)
-    scores, ids = sequence_top_k(lambda start, stop: similarity[start:stop], 4, 4, k=5, velocities=(1.0,))
-    # Query 3's sequence reaches back three references: only reference 3 and 4 have every term.
-    np.testing.assert_array_equal(ids[3], [3, 4, -1, -1, -1])
-    assert scores[3, 0] == pytest.approx(0.5) and (scores[3, 2:] == -np.inf).all()
+    similarity = np.full((4, 3), 0.5, dtype=np.float32)
+    scores, ids = sequence_top_k(lambda start, stop: similarity[start:stop], 4, 4, k=3, velocities=(1.0,))
+    # Query 2 reaches back two references (wrapping round the map of 3); query 3's sequence would
+    # reach back three, round the whole map: no reference is scored.
+    np.testing.assert_array_equal(ids[2], [0, 1, 2])
+    np.testing.assert_array_equal(ids[3], [-1, -1, -1])
+    assert (scores[2] == pytest.approx(0.5)) and (scores[3] == -np.inf).all()

@@ -1,15 +1,21 @@
 """The student the package ships: it loads by default, carries its provenance, and serves the CLI."""
 import json
 
-from conftest import NORDLAND, require_dir
+from conftest import NORDLAND, SHARED_DATA, require_dir
 from vl2spike_ros.core.checkpoint import default_checkpoint_path
 from vl2spike_ros.cli import main
 from vl2spike_ros.demo.run import run as run_demo
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.place_map import PlaceMap
 
-ROUTE_RECALL_AT_1_FLOOR = 48.0      # README: 53.1% on the embedded demo route (±10 frames)
-NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR = 82.0  # measured 87.0% on places 300-399 (±10 frames); docs/tests.md
+# Floors a few points under what the shipped model measures (docs/results.md, docs/tests.md): a
+# broken model, preprocessing or matching falls far below them.
+# The embedded route slides a window 12 pixels a place over photographs: it rewards telling apart
+# views a few pixels apart, which a descriptor trained to hold across viewpoint change gives up
+# (the Nordland-only student scored 53.1%, patch-normalised pixels 96.6%); measured 31.3%.
+ROUTE_RECALL_AT_1_FLOOR = 26.0
+NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR = 77.0  # measured 82.0% on places 300-399 (±10 frames)
+ESSEX_RECALL_AT_1_FLOOR = 14.0  # measured 17.1% on essex3in1 (never trained on; patch-normalised pixels 7.1%)
 
 
 def test_shipped_model_loads_by_default_with_its_provenance():
@@ -25,8 +31,6 @@ def test_shipped_model_loads_by_default_with_its_provenance():
 def test_demo_and_cli_run_on_the_shipped_model(tmp_path, capsys):
     metrics = run_demo(None, tmp_path / "demo", None, tolerance=10, live=False)
     assert metrics["num_queries"] == metrics["num_references"] == 179
-    # A quality floor a few points under what the README shows (53.1%, from `make demo`): a broken
-    # model, preprocessing or matching falls far below it.
     assert metrics["recall@1"] >= ROUTE_RECALL_AT_1_FLOOR, metrics
     assert metrics["recall@5"] >= metrics["recall@1"]
     reference = tmp_path / "demo" / "route" / "reference"
@@ -55,7 +59,7 @@ def test_live_demo_runs_the_shipped_model_in_the_node(tmp_path):
 
 def test_shipped_model_quality_on_held_out_nordland_places(tmp_path):
     """Nordland64 places 300-399 (held out from training), winter against summer; the whole route
-    takes minutes here. Measured with the same command: Recall@1 87.0%."""
+    takes minutes here. Measured with the same command: Recall@1 82.0%."""
     data = require_dir(NORDLAND)
     for season in ("summer", "winter"):
         (tmp_path / season).mkdir()
@@ -66,3 +70,14 @@ def test_shipped_model_quality_on_held_out_nordland_places(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_queries"] == metrics["num_references"] == 100
     assert metrics["recall@1"] >= NORDLAND_HELD_OUT_RECALL_AT_1_FLOOR, metrics
+
+
+def test_shipped_model_quality_off_the_railway(tmp_path):
+    """essex3in1 (210 campus places, viewpoint and appearance change, square frames), which no
+    training step saw: the shipped model's cross-domain validation set."""
+    data = require_dir(SHARED_DATA / "essex3in1")
+    assert main(["evaluate", "--reference", str(data / "ref"), "--query", str(data / "query"),
+                 "--tolerance", "0", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_queries"] == 210
+    assert metrics["recall@1"] >= ESSEX_RECALL_AT_1_FLOOR, metrics

@@ -2,6 +2,8 @@
 helpers live in modules it does not collect (helpers.py, node_fixtures.py, training_fixtures.py)."""
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 TEST_FOLDER = Path(__file__).resolve().parent
@@ -37,3 +39,20 @@ def test_the_launch_test_finds_its_sibling_modules_and_names_that_exist():
             module = importlib.import_module(node.module)
             for alias in node.names:
                 assert hasattr(module, alias.name), f"test_launch.py: {node.module} has no {alias.name}"
+
+
+def test_without_the_training_package_the_folder_collects_and_what_needs_it_skips_saying_why():
+    """A colcon install on a ROS 2 machine carries the runtime only: pytest over this folder there
+    (`colcon test`, or the launch tests) must collect every module, the launch tests among them, and
+    skip what needs vl2spike_training with the reason, not stop at an ImportError."""
+    hide_training = ("import sys; sys.modules['vl2spike_training'] = None; import pytest; "
+                     "sys.exit(pytest.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", hide_training, "--collect-only", "-q", "-rs", "-p", "no:cacheprovider",
+                             str(TEST_FOLDER)], cwd=TEST_FOLDER.parent, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    needs_training = ["test_distributed_training.py", "test_training_pipeline.py", "test_training_protocol.py"]
+    skipped = [line for line in output.splitlines() if line.startswith("SKIPPED")]
+    assert needs_training and all(any(name in line and "needs the training package" in line for line in skipped)
+                                  for name in needs_training), (needs_training, skipped)
+    assert "test_launch.py" in output

@@ -10,6 +10,7 @@ import torch
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.model import StudentConfig
+from vl2spike_training.compare import compare_table
 from vl2spike_training.config import config_digest, load_config
 from vl2spike_training.tasks import PlaceTask
 from vl2spike_training.trainer import train_student
@@ -96,6 +97,11 @@ def test_cross_domain_figures_are_validated_and_bad_entries_named(domain_config,
     summary = train_student(domain_config, log=lambda _: None)
     final = summary["final"]
     assert 0.0 <= final["webcams_heldout/recall@1"] <= 100.0 and "recall@1" in final
+    run = domain_config["run"]["out_dir"]
+    table = compare_table([run, run], with_mean=True).splitlines()
+    assert "| webcams_heldout R@1 |" in table[0] and "|  R@1 |" not in table[0]
+    figure = f"{final['webcams_heldout/recall@1']:.1f}%"
+    assert f"| {figure} ± 0.0% |" in table[-1] and table[-1].startswith("| mean ± sd (2 runs) |")
     broken = json.loads(json.dumps(domain_config))
     broken["data"]["extra_domains"] = [{"name": "x", "kind": "pairs", "reference": str(tmp_path)}]
     with pytest.raises(InputError, match=r"extra_domains\[0\]: .*missing keys \['query'\]"):
@@ -129,13 +135,15 @@ def test_efficientnet_teacher_starts_from_imagenet_and_distils_across_domains(do
     assert summary["final"]["loss_align"] > 0
     twin = json.loads((Path(config["run"]["out_dir"]) / "twin" / "summary.json").read_text())
     assert twin["final"]["loss_align"] > 0 and twin["teacher"]["spec"] == "train-cnn"
+    # One teacher: the twin trains it into the run's teacher cache, the student's stage reuses it.
+    assert twin["teacher"]["cache"] == "trained" and summary["teacher"]["cache"] == "reused"
 
 
 def test_settings_added_later_leave_earlier_digests_alone():
-    """The shipped recipe's digest as it was before extra domains and twin alignment existed, so
+    """The Nordland recipe's digest as it was before extra domains and twin alignment existed, so
     its finished runs are still recognised and not retrained."""
     root = Path(__file__).resolve().parents[1]
-    config = load_config(root / "configs" / "training" / "default_student.yaml")
+    config = load_config(root / "configs" / "training" / "nordland_student.yaml")
     assert config_digest(config) == "c202252c472c7bfbb8b380499bdd894f15e311e5110986a279a929a3a4f4e364"
     config["data"]["validation_sets"] = [{"name": "x", "reference": "a", "query": "b"}]
     assert config_digest(config).startswith("c202252c")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -103,13 +104,56 @@ HOWS = ("truncated", "random", "random tail")
 # --- fuzz: images, bags, maps, checkpoints --------------------------------------------------------
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("victim", [0, 2])
-def test_fuzzed_image_in_a_folder(inputs, tmp_path, capsys, how, victim):
+def test_fuzzed_image_in_a_folder(inputs, tmp_path, capfd, how, victim):
+    # capfd: what libpng writes to file descriptor 2 from C counts as a line too.
     rng = np.random.default_rng([RNG_SEED, victim, HOWS.index(how)])
     images = shutil.copytree(inputs["images"], tmp_path / "images")
     path = sorted(images.iterdir())[victim]
     path.write_bytes(corrupted(path.read_bytes(), how, rng))
     refused(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
-            capsys, tmp_path, path.name)
+            capfd, tmp_path, path.name)
+
+
+def with_image_data(png: bytes, change) -> bytes:
+    """`png` with its (single) IDAT chunk's data replaced by change(data), the CRC made right again, so
+    that only the image data is wrong."""
+    length = int.from_bytes(png[33:37], "big")
+    assert png[37:41] == b"IDAT" and png[45 + length:53 + length] == b"\0\0\0\0IEND", "one IDAT after IHDR"
+    data = change(png[41:41 + length])
+    return (png[:33] + len(data).to_bytes(4, "big") + b"IDAT" + data
+            + zlib.crc32(b"IDAT" + data).to_bytes(4, "big") + png[45 + length:])
+
+
+PNG_CORRUPTIONS = {
+    "zeroed data": lambda png: png[:41] + bytes(len(png) - 53) + png[-12:],  # IDAT's CRC fails
+    "zeroed data, CRC made right": lambda png: with_image_data(png, lambda data: bytes(len(data))),
+    "zeroed deflate blocks": lambda png: with_image_data(png, lambda data: data[:2] + bytes(len(data) - 2)),
+    "bad row filter": lambda png: with_image_data(png, lambda data: zlib.compress(
+        b"\x07" + zlib.decompress(data)[1:])),
+    "rows missing": lambda png: with_image_data(png, lambda data: zlib.compress(zlib.decompress(data)[:-200])),
+    "no IEND": lambda png: png[:-12],
+}
+
+
+@pytest.mark.parametrize("how", PNG_CORRUPTIONS)
+def test_corrupt_png_data_is_one_line_without_libpngs_own(inputs, tmp_path, capfd, how):
+    """A PNG whose header is fine but whose image data is not: libpng, which OpenCV decodes with,
+    writes its own "libpng error: ..." line to stderr from C; the file is refused before it sees it."""
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    path = sorted(images.iterdir())[1]
+    path.write_bytes(PNG_CORRUPTIONS[how](path.read_bytes()))
+    refused(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"], "--out", tmp_path / "map"],
+            capfd, tmp_path, f"image file {path}: ")
+
+
+def test_corrupt_png_data_is_one_line_from_the_real_command(inputs, tmp_path):
+    images = shutil.copytree(inputs["images"], tmp_path / "images")
+    path = sorted(images.iterdir())[1]
+    path.write_bytes(PNG_CORRUPTIONS["zeroed deflate blocks"](path.read_bytes()))
+    line = refused_in_subprocess(["build-map", "--images", images, "--checkpoint", inputs["checkpoint"],
+                                  "--out", tmp_path / "map"], tmp_path)
+    assert line.startswith(f"vl2spike build-map: error: image file {path}: cannot decode its PNG data: image data is "
+                           "no valid zlib stream")
 
 
 @pytest.mark.parametrize("name, how", [("db3", "truncated"), ("db3", "random"), ("db3", "random tail"),

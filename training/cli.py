@@ -4,7 +4,7 @@
     torchrun --nproc_per_node N --no-python vl2spike-train train --config ...  (distributed.py)
     vl2spike-train ablate --config configs/training/default_student.yaml [--set ...]
     vl2spike-train report --config CONFIG.yaml --checkpoint CKPT [--teacher ann:FILE] [--out FILE.json]
-    vl2spike-train compare RUN_DIR [RUN_DIR ...] [--test] [--out FILE.md]
+    vl2spike-train compare RUN_DIR [RUN_DIR ...] [--test] [--mean] [--out FILE.md]
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                                                   "the test stretch with --test)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding summary.json")
     compare.add_argument("--test", action="store_true", help="add the test stretch's figures")
+    compare.add_argument("--mean", action="store_true", help="add a row of mean ± sample standard deviation (seeds)")
     compare.add_argument("--out", default=None, help="also write the table to this file")
     return parser
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from .compare import write_comparison
 
-            print(write_comparison(args.runs, args.test, args.out), end="")
+            print(write_comparison(args.runs, args.test, args.out, args.mean), end="")
             return 0
         config = load_config(args.config, args.overrides)
         if args.command == "train":

@@ -34,31 +34,65 @@ def _describe(summary: dict) -> list[str]:
             start, terms, str(len(summary["epochs"]))]
 
 
-def compare_table(run_dirs: list[str], with_test: bool = False) -> str:
+def cross_domain_sets(summaries: list[dict]) -> list[str]:
+    """Names of the validation sets off the route (`<set>/recall@1` in a run's final figures)."""
+    names = []
+    for summary in summaries:
+        for key in summary["final"]:
+            name, _, metric = key.rpartition("/")
+            if name and metric == "recall@1" and name not in names:
+                names.append(name)
+    return names
+
+
+def compare_table(run_dirs: list[str], with_test: bool = False, with_mean: bool = False) -> str:
+    """One row a run; with_mean adds the mean and sample standard deviation of every figure (seeds)."""
+    summaries = [_summary(run_dir) for run_dir in run_dirs]
+    sets = cross_domain_sets(summaries)
     header = ["run", "neuron", "levels", "T", "readout", "start", "loss terms", "epochs",
-              "val R@1", "val R@5", "spikes/neuron", "energy SNN/ANN", "energy µJ"]
+              "val R@1", "val R@5", *[f"{name} R@1" for name in sets], "spikes/neuron", "energy SNN/ANN", "energy µJ"]
     if with_test:
         header += ["test R@1", "test R@5", "test R@1 L=10"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run_dir in run_dirs:
-        summary = _summary(run_dir)
+    columns: list[list[float | None]] = []
+    for run_dir, summary in zip(run_dirs, summaries):
         final, energy = summary["final"], summary["energy"]
-        row = [Path(run_dir).name, *_describe(summary), _percent(final, "recall@1"), _percent(final, "recall@5"),
-               f"{final['eval_spike_rate']:.3f}", f"{energy['ratio']:.3f}", f"{energy['snn_energy_pj'] * 1e-6:.2f}"]
+        figures = [final.get("recall@1"), final.get("recall@5"), *[final.get(f"{name}/recall@1") for name in sets],
+                   final["eval_spike_rate"], energy["ratio"], energy["snn_energy_pj"] * 1e-6]
         if with_test:
             test = summary["splits"]["test"]["student"]
-            row += [_percent(test["L1"], "recall@1"), _percent(test["L1"], "recall@5"), _percent(test["L10"], "recall@1")]
-        lines.append("| " + " | ".join(row) + " |")
+            figures += [test["L1"].get("recall@1"), test["L1"].get("recall@5"), test["L10"].get("recall@1")]
+        columns.append(figures)
+        lines.append("| " + " | ".join([Path(run_dir).name, *_describe(summary)]
+                                       + [_format(value, index, len(sets)) for index, value in enumerate(figures)]) + " |")
+    if with_mean and len(summaries) > 1:
+        cells = []
+        for index, values in enumerate(zip(*columns)):
+            present = [value for value in values if value is not None]
+            if len(present) < 2:
+                cells.append("–")
+                continue
+            mean = sum(present) / len(present)
+            deviation = (sum((value - mean) ** 2 for value in present) / (len(present) - 1)) ** 0.5
+            cells.append(f"{_format(mean, index, len(sets))} ± {_format(deviation, index, len(sets))}")
+        lines.append("| " + " | ".join([f"mean ± sd ({len(summaries)} runs)", *[""] * 7] + cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _percent(figures: dict, key: str) -> str:
-    """A figure, or a dash where the run has none (Recall@5 of fewer than 5 places)."""
-    return f"{figures[key]:.1f}%" if key in figures else "–"
+def _format(value: float | None, index: int, set_count: int) -> str:
+    """Recall figures as percentages; the spike rate and the energy ratio with three decimals."""
+    if value is None:
+        return "–"  # e.g. Recall@5 of fewer than 5 places
+    rate_column = 2 + set_count
+    if index in (rate_column, rate_column + 1):
+        return f"{value:.3f}"
+    if index == rate_column + 2:
+        return f"{value:.2f}"
+    return f"{value:.1f}%"
 
 
-def write_comparison(run_dirs: list[str], with_test: bool, out: str | None) -> str:
-    table = compare_table(run_dirs, with_test)
+def write_comparison(run_dirs: list[str], with_test: bool, out: str | None, with_mean: bool = False) -> str:
+    table = compare_table(run_dirs, with_test, with_mean)
     if out:
         atomic_write_bytes(Path(out), table.encode())
     return table

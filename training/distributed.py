@@ -8,12 +8,18 @@ One step of N ranks computes what one process computes with the same global batc
   whole global batch (InfoNCE sees every negative, the batch-wide distillation terms every row);
 - BatchNorm statistics in training steps are those of the global batch;
 - DDP averages the gradients (the gather's backward sums the N identical losses' gradients, the
-  average divides them again).
+  average divides them again);
+- a term measured by a hook on this rank's own student run (RANK_LOCAL_TERMS: the energy term's
+  spike counts) is a mean over this rank's frames: it is summed over ranks weighted by each rank's
+  share of the frames, so uneven shares (a batch of 7 places on 2 ranks) give the one-process
+  value and gradient.
 Rank 0 prepares the teacher and its feature cache before the others read them, and alone logs and
-writes files. The trainer runs on the CPU, so the backend is gloo.
+writes files (the twin stage's export included, which the others then wait for). The trainer runs on
+the CPU, so the backend is gloo.
 """
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -33,6 +39,8 @@ from .distillation import DistillationTerms, batch_losses
 # The other ranks wait this long for rank 0 to train a teacher or compute its features (the default
 # collective timeout of 30 minutes is shorter than a CNN teacher's training on a CPU).
 PREPARATION_TIMEOUT = timedelta(hours=12)
+# Loss terms that batch_losses computes from this rank's rows alone, not from the gathered outputs.
+RANK_LOCAL_TERMS = ("energy",)
 
 
 def launched_by_torchrun() -> bool:
@@ -64,7 +72,7 @@ class Workers:
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self._waiting_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+        self._waiting_group = _waiting_group()
 
     @property
     def is_main(self) -> bool:
@@ -75,6 +83,11 @@ class Workers:
         if self.is_main:
             return config, log
         return {**config, "run": {**config["run"], "progress": False}}, lambda _: None
+
+    def wait_for_main(self) -> None:
+        """Every rank waits here for rank 0 (which arrives once it has written what they read next)."""
+        if self.size > 1:
+            dist.barrier(group=self._waiting_group)
 
     @contextmanager
     def main_first(self):
@@ -92,9 +105,17 @@ class Workers:
         return DistributedStep(modules, terms, config, task, self)
 
 
+@functools.cache
+def _waiting_group():
+    """The group the ranks wait for rank 0 in, with the long timeout. Created once per process (the
+    twin stage's run and the student's share it): creating a group is itself a collective."""
+    return dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+
+
 def leave_workers() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+        _waiting_group.cache_clear()
 
 
 def shares(places: int, ranks: int) -> list[np.ndarray]:
@@ -136,7 +157,13 @@ class _GlobalBatchLoss(nn.Module):
     def forward(self, batch, progress: float) -> dict[str, torch.Tensor]:
         step = self._step
         view = {**dict(self.parts.items()), "student": step.gathering}
-        return batch_losses(view, batch, step.terms, step.config, step.task, progress)
+        losses = batch_losses(view, batch, step.terms, step.config, step.task, progress)
+        share = len(step.gathering.local_rows) / sum(step.gathering.counts)
+        # A rank-local term is a mean over this rank's frames; weighted by the rank's share of the
+        # frames and summed over ranks it is the whole batch's. The sum's gradient reaches every rank
+        # N times over, as the gathered terms' does, and DDP's average divides it again.
+        return {name: _SumOverRanks.apply(value * share) if name in RANK_LOCAL_TERMS else value
+                for name, value in losses.items()}
 
 
 class GatheringStudent:

@@ -2,16 +2,18 @@
 vl2spike_ros/core/energy.py made differentiable on the training batch.
 
 Each synaptic layer costs E_AC x FLOPs x (mean input level) x (runs per frame), where the mean
-input level is the batch's spikes per input entry (for integer spikes, their count: what the
-energy model counts); the MAC layers cost a constant. Divided by the ANN of equal shape, as the
-reported ratio is, so the weight trades Recall against exactly the figure the energy table shows.
-Spikes of the residual path count by level here (the report counts a non-zero entry once), so for
-binary LIF students the term is an upper bound of the reported ratio.
+input level is the batch's spikes per input entry (a level k counts k spikes, on the residual path
+too, as the energy model counts them); so do the two attention products, in the order spikingjelly
+executes them (V Kᵀ fed by V, then (V Kᵀ) Q fed by Q); the MAC layers cost a constant. Divided by
+the ANN of equal shape, as the reported ratio is, so the weight trades Recall against exactly the
+figure the energy table shows (estimate_energy, attention_order "executed").
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from spikingjelly.activation_based.layer.attention import SpikingSelfAttention
 
 from vl2spike_ros.core.energy import E_AC_PJ, E_MAC_PJ, costed_layers, module_flops
 from vl2spike_ros.model import SpikformerStudent
@@ -24,9 +26,10 @@ class EnergyTap:
         self.frames = 0
         self.snn_pj: list[torch.Tensor] = []
         self.ann_pj = 0.0
-        layers, _ = costed_layers(model)
+        layers, attentions = costed_layers(model)
         self._handles = [model.register_forward_pre_hook(self._start)]
         self._handles += [module.register_forward_hook(self._layer_hook(kind)) for _, module, kind in layers]
+        self._handles += [attn.qkv_lif.register_forward_hook(self._attention_hook(attn)) for _, attn in attentions]
 
     def _start(self, module: nn.Module, inputs: tuple) -> None:
         self.frames = inputs[0].shape[0]
@@ -41,6 +44,18 @@ class EnergyTap:
                 self.snn_pj.append(torch.tensor(E_MAC_PJ * flops * runs_per_frame))
             else:
                 self.snn_pj.append(E_AC_PJ * flops * runs_per_frame * inputs[0].mean())
+        return hook
+
+    def _attention_hook(self, attn: SpikingSelfAttention):
+        def hook(module: nn.Module, inputs: tuple, qkv: torch.Tensor) -> None:
+            # qkv: [T, B, 3C, N]; each product is C x Cph x N MACs a step (core/energy.py).
+            steps, _, three_c, tokens = qkv.shape
+            channels = three_c // 3
+            flops = channels * (channels // attn.num_heads) * tokens
+            q, _, v = qkv.split(channels, dim=2)
+            for operand in (v, q):
+                self.ann_pj += E_MAC_PJ * flops
+                self.snn_pj.append(E_AC_PJ * flops * steps * operand.mean())
         return hook
 
     def ratio(self) -> torch.Tensor:

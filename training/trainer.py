@@ -44,13 +44,18 @@ def train_student(config: dict, command: list[str] | None = None, log=log_line) 
     workers = Workers()  # several ranks when started by torchrun (distributed.py)
     config, log = workers.for_this_rank(config, log)
     twin_record = None
-    if workers.size > 1 and (config["optim"]["twin_epochs"] > 0 or config["distill"]["twin_weight"] > 0):
-        # The twin stage and the twin's layer term run in one process: the twin would need its own
-        # distributed run before the student's, and the layer term maps of the whole global batch.
-        raise InputError("optim.twin_epochs and distill.twin_weight need one process: train the twin "
-                             "first (student.neuron=relu) and pass its export as run.init_checkpoint")
+    if workers.size > 1 and config["data"]["extra_domains"]:
+        # Each rank's rows are cut from the route's batch; the places of other domains that every
+        # step adds are not shared out between the ranks.
+        raise InputError("data.extra_domains needs one process: start the run without torchrun, "
+                         "or set data.extra_domains to []")
+    if workers.size > 1 and config["distill"]["twin_weight"] > 0:
+        # The twin's layer term runs in one process: the twin would have to run on each rank's rows.
+        raise InputError("distill.twin_weight needs one process: start the run without torchrun")
     if config["optim"]["twin_epochs"] > 0:
+        # On every rank, like the student: the twin stage is a run of its own over the same ranks.
         config, twin_record = train_twin_first(config, train_student, command, log)
+        workers.wait_for_main()  # rank 0 alone exports the twin, which every rank starts from
     run = config["run"]
     out_dir = Path(run["out_dir"])
     if workers.is_main:

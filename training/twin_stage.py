@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from .config import feature_cache_dir, teacher_cache_dir
 from .loop import log_line
 
 # The twin learns the task alone: no teacher, no distillation term, no energy term.
@@ -29,6 +30,9 @@ def twin_config(config: dict, folder: str = "twin") -> dict:
             twin["distill"][key] = 0.0
     if not aligned:
         twin["teacher"]["spec"] = "none"
+    # The twin's run folder sits one level deeper: keep the student's teacher cache, so the teacher
+    # the twin trains is the one the student reuses.
+    twin["teacher"].update(cache_dir=str(teacher_cache_dir(config)), feature_cache=feature_cache_dir(config))
     twin["optim"].update(epochs=config["optim"]["twin_epochs"], twin_epochs=0)
     out_dir = Path(config["run"]["out_dir"]) / folder
     twin["run"].update(out_dir=str(out_dir), export=str(out_dir / "twin.safetensors"), init_checkpoint="")
@@ -36,7 +40,7 @@ def twin_config(config: dict, folder: str = "twin") -> dict:
 
 
 def train_twin_first(config: dict, train, command: list[str] | None, log=log_line,
-                     folder: str = "twin") -> tuple[dict, dict]:
+                     folder: str = "twin") -> tuple[dict, dict | None]:
     """Trains (or reuses) the twin; returns the student's config, now starting from the twin, and
     what the summary records of the twin (its figures and checkpoint)."""
     twin = twin_config(config, folder)
@@ -44,6 +48,8 @@ def train_twin_first(config: dict, train, command: list[str] | None, log=log_lin
     summary = train(twin, command, log)
     student = copy.deepcopy(config)
     student["run"]["init_checkpoint"] = twin["run"]["export"]
+    if not summary:  # a rank other than 0 under torchrun: rank 0 makes the summary and keeps the record
+        return student, None
     record = {"checkpoint": twin["run"]["export"], "epochs": twin["optim"]["epochs"], "final": summary["final"],
               "splits": {name: entry.get("student", {}) for name, entry in summary.get("splits", {}).items()},
               "energy": summary["energy"]}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vl2spike_ros.core.backends import AUTO, backend_names
+from vl2spike_ros.model.config import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from vl2spike_ros.cli_arguments import OneLineArgumentParser, bounded_float, bounded_int, require_writable_folder
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.ros.bag_tools import add_replay_commands
@@ -25,14 +26,16 @@ MAX_ENERGY_FRAMES = 100_000
 EVALUATION_OUTPUTS = ("metrics.json", "pr_curve.png", "matches.json")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="student checkpoint (.safetensors); default: the model the package ships")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH_SIZE), default=32,
                         help=f"images per batch, 1-{MAX_BATCH_SIZE} (default 32)")
+    if not backend:
+        return
     parser.add_argument("--backend", choices=backend_names(), default=AUTO,
-                        help="where the student runs; same descriptors, same maps (default auto: ONNX Runtime, "
+                        help="where the student runs; either serves the other's maps (default auto: ONNX Runtime, "
                              "exported on first use into $XDG_CACHE_HOME/vl2spike_ros, or PyTorch where that "
                              "cannot start)")
 
@@ -117,7 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         if reference is None or args.radius is not None:
             raise InputError("--baseline patchnorm needs --reference (a traverse, not --map) and --tolerance (not --radius)")
-        result = evaluate_patchnorm(reference, query, args.tolerance, args.sequence_length)
+        result = evaluate_patchnorm(reference, query, args.tolerance, args.sequence_length,
+                                    args.baseline_resize_mode)
     else:
         encoder = _encoder(args)
         if reference is None:
@@ -138,10 +142,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
+    from vl2spike_ros.core.encoder import DescriptorEncoder
     from vl2spike_ros.core.energy import estimate_energy
     from vl2spike_ros.evaluation.runner import open_checked_sequence
 
-    encoder = _encoder(args)
+    # The count runs the PyTorch student whatever the backend: no ONNX export into the user cache.
+    encoder = DescriptorEncoder(args.checkpoint, device=args.device, batch_size=args.batch_size, backend="torch")
     if args.images:
         sequence = open_checked_sequence(args.images, args.topic)
         frames = [sequence.read(i) for i in range(min(len(sequence), args.frames))]
@@ -259,19 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline", choices=("patchnorm",), default=None,
                           help="evaluate a hand-made baseline instead of the model: patchnorm = patch-normalised "
                                "pixels (64x32, 8x8 patches, sum of absolute differences)")
+    evaluate.add_argument("--baseline-resize-mode", choices=RESIZE_MODES, default=DEFAULT_RESIZE_MODE,
+                          help="how the baseline fits a frame of another aspect ratio to 64x32 (a model "
+                               f"uses its checkpoint's own; default {DEFAULT_RESIZE_MODE})")
     _add_model_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     energy = commands.add_parser("energy", help="synaptic operations and energy per frame",
                                  description="Energy per frame (45 nm, compute only) of the student "
-                                             "and of an ANN of the same shape, per layer.")
+                                             "and of an ANN of the same shape, per layer, at 32-bit float "
+                                             "and at 8-bit integer precision; runs the PyTorch student.")
     energy.add_argument("--images", default=None,
                         help="folder or bag whose frames set the firing rates (default: the embedded demo route)")
     energy.add_argument("--topic", default=None, help="image topic when --images is a bag")
     energy.add_argument("--frames", type=bounded_int(1, MAX_ENERGY_FRAMES), default=ENERGY_SAMPLE_FRAMES,
                         help=f"frames to average firing rates over (default {ENERGY_SAMPLE_FRAMES})")
     energy.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_model_options(energy)
+    _add_model_options(energy, backend=False)
     energy.set_defaults(func=cmd_energy)
 
     init = commands.add_parser("init-checkpoint", help="write an untrained student (for tests)",

@@ -1,9 +1,15 @@
 """Encode speed of the student (per backend) and of the reference: a CLIP ViT-B/32 image tower of
 the standard shape (768 wide, 12 layers, 12 heads, 224x224 input, random weights: the time does
-not depend on the values); energy per frame of both (design §5)."""
+not depend on the values), in PyTorch and exported to ONNX Runtime as the student is, so each
+ratio compares two models in one runtime; energy per frame of both (design §5)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import time
+import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -12,6 +18,7 @@ import torch
 from vl2spike_ros.benchmark.measure import sample_ms
 from vl2spike_ros.core.encoder import DescriptorEncoder
 from vl2spike_ros.core.energy import count_macs, estimate_energy
+from vl2spike_ros.core.onnx_export import ONNX_OPSET
 from vl2spike_ros.errors import InputError
 
 VIT_IMAGE_SIZE = 224
@@ -80,8 +87,48 @@ def vit_macs(model, config, device: torch.device) -> float:
     return layer_macs + config.num_hidden_layers * 2 * tokens * tokens * config.hidden_size
 
 
-def vit_runners(device: torch.device) -> tuple[Callable[[], object], Callable[[], float], float]:
-    """The ViT-B/32 at batch 1 (a call to time), its batch-32 frames/s (given repeats), and its MACs per frame."""
+class ImageTower(torch.nn.Module):
+    """pixels [B, 3, 224, 224] -> image embeddings: the ViT as one graph to export."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).image_embeds
+
+
+def vit_onnxruntime(model, work: Path, threads: int) -> tuple[Callable[[], object], float]:
+    """The ViT-B/32 `model` exported to ONNX as the student is (torch's dynamo exporter, opset
+    ONNX_OPSET) in an ONNX Runtime CPU session with `threads` threads: a batch-1 call to time, and
+    the largest difference of its embeddings from PyTorch's on one frame (it is the same network)."""
+    import onnxruntime
+
+    tower = ImageTower(model).eval().cpu()
+    pixels = torch.rand(1, 3, VIT_IMAGE_SIZE, VIT_IMAGE_SIZE)
+    path = work / "vit_b32.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.inference_mode(False), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on transformers' internals
+        torch.onnx.export(tower, (pixels,), dynamo=True, opset_version=ONNX_OPSET, input_names=["pixels"],
+                          output_names=["embeds"], verbose=False).save(str(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    finally:
+        path.unlink()  # 350 MB of weights, in memory now
+    feed = {"pixels": pixels.numpy()}
+    with torch.inference_mode():
+        difference = float(np.abs(session.run(None, feed)[0] - tower(pixels).numpy()).max())
+    return (lambda: session.run(None, feed)), difference
+
+
+def vit_runners(device: torch.device) -> tuple[Callable[[], object], Callable[[], float], float, torch.nn.Module]:
+    """The ViT-B/32 at batch 1 (a call to time), its batch-32 frames/s (given repeats), its MACs per
+    frame, and the model."""
     model, config = vit_b32(device)
     one = torch.rand(1, 3, VIT_IMAGE_SIZE, VIT_IMAGE_SIZE, device=device)
     thirty_two = torch.rand(32, 3, VIT_IMAGE_SIZE, VIT_IMAGE_SIZE, device=device)
@@ -98,11 +145,13 @@ def vit_runners(device: torch.device) -> tuple[Callable[[], object], Callable[[]
     def fps_batch32(batch_repeats: int) -> float:
         return round(batch_fps(run(thirty_two), 32, batch_repeats), 2)
 
-    return run(one), fps_batch32, vit_macs(model, config, device)
+    return run(one), fps_batch32, vit_macs(model, config, device), model
 
 
 def student_energy(encoder: DescriptorEncoder, frames: list[np.ndarray]) -> dict:
     report = estimate_energy(encoder.model, encoder.preprocess(frames).to(encoder.model_device))
     return {"snn_energy_pj": report.snn_energy_pj, "ann_energy_pj": report.ann_energy_pj,
-            "ratio_vs_ann": report.ratio, "frames": report.num_frames}
+            "ratio_vs_ann": report.ratio, "snn_int8_energy_pj": report.snn_int8_energy_pj,
+            "ann_int8_energy_pj": report.ann_int8_energy_pj, "ratio_int8_vs_ann": report.ratio_int8,
+            "frames": report.num_frames}
 

@@ -8,7 +8,6 @@ never answered counts in `drops`.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -35,9 +34,9 @@ class RunningNode:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
-        from std_msgs.msg import String
 
         from vl2spike_ros.ros.bag_tools import wait_for_subscribers
+        from vl2spike_ros.ros.match_message import MATCH_TYPE
 
         env = ros_environment(work_dir)
         os.environ.update(env)  # this process's rclpy too, before it starts
@@ -56,7 +55,7 @@ class RunningNode:
         self.node = rclpy.create_node("vl2spike_benchmark", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.node.create_subscription(String, f"{NAMESPACE}/vpr_node/match", self._on_match, 1000)
+        self.node.create_subscription(MATCH_TYPE, f"{NAMESPACE}/vpr_node/match", self._on_match, 1000)
         self._diagnostics: dict[str, str] = {}
         self._diagnostics_seen = threading.Event()
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -71,7 +70,9 @@ class RunningNode:
                              f"see {self.log_path}")
 
     def _on_match(self, message) -> None:
-        body = json.loads(message.data)
+        from vl2spike_ros.ros.match_message import match_fields
+
+        body = match_fields(message)
         with self._lock:
             self._received[int(body["stamp"]["sec"])] = (time.perf_counter(), float(body["latency_ms"]))
 

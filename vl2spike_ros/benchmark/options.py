@@ -55,7 +55,8 @@ def add_benchmark_command(commands, handler) -> None:
                                         bounded_int(1, 10**6))
     bench = commands.add_parser(
         "benchmark", help="speed, energy, map search, node latency and memory in one run",
-        description="Measure encode speed against a CLIP ViT-B/32 image tower, energy per frame, map "
+        description="Measure encode speed against a CLIP ViT-B/32 image tower in the same runtime, energy per "
+                    "frame (32-bit float and int8), map "
                     "search at 10k/100k/1M places, the latency of a running vpr_node with a "
                     f"{NORDLAND_PLACES}-place map and the peak memory of a full-Nordland evaluation; "
                     "print a table and write OUT/benchmark.json and OUT/benchmark.md.")
@@ -65,8 +66,9 @@ def add_benchmark_command(commands, handler) -> None:
     bench.add_argument("--threads", type=threads, default=1,
                        help="torch, onnxruntime and FAISS threads (default 1)")
     bench.add_argument("--backend", choices=(*BACKEND_SETS, "torch", "onnxruntime", "onnxruntime-int8"), default="all",
-                       help="student backends to time: all (torch, onnxruntime, onnxruntime-int8), both "
-                            "(torch, onnxruntime) or one; the encode keys report the fastest (default all)")
+                       help="student backends to time, each against the ViT-B/32 in the same runtime where it "
+                            "has one: all (torch, onnxruntime, onnxruntime-int8), both (torch, onnxruntime) or "
+                            "one; the encode keys report the fastest (default all)")
     bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
     bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
     bench.add_argument("--parts", type=_parts, default=PARTS, metavar="LIST",
@@ -76,9 +78,9 @@ def add_benchmark_command(commands, handler) -> None:
                        metavar="FRAMES", help=f"also stream FRAMES frames through the node and check its "
                                               f"memory (default {DEFAULT_SOAK_FRAMES:,} when given bare)")
     maps = bench.add_argument_group("map search")
-    maps.add_argument("--map-kinds", type=_descriptor_kinds, default=("isotropic", "route"), metavar="LIST",
+    maps.add_argument("--map-kinds", type=_descriptor_kinds, default=None, metavar="LIST",
                       help="synthetic descriptors to search: isotropic (the worst case) and/or route (random "
-                           "walks calibrated on --route-data; default both)")
+                           "walks calibrated on --route-data; default both with --route-data, else isotropic)")
     maps.add_argument("--route-data", default=None, metavar="DIR",
                       help="two frame-aligned traverses DIR/summer and DIR/winter (e.g. nordland64) on which the "
                            "model's consecutive-place and cross-season cosines are measured (needed for route)")
@@ -105,6 +107,18 @@ def add_benchmark_command(commands, handler) -> None:
     sizes.add_argument("--vit-repeats", type=repeats, default=None, help="timed batch-1 calls of the ViT")
     sizes.add_argument("--batch-repeats", type=repeats, default=None, help="timed batch-32 calls per model")
     bench.set_defaults(func=handler)
+
+
+ROUTE_DATA_HINT = ("map search: isotropic descriptors only; add --route-data DIR (two frame-aligned traverses "
+                   "DIR/summer and DIR/winter, e.g. nordland64) for the route-shaped maps too")
+
+
+def resolved_map_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """--map-kinds, or by default both kinds where --route-data can calibrate the route shape, else
+    the isotropic maps alone (the caller says how to add the route-shaped ones)."""
+    if args.map_kinds is not None:
+        return args.map_kinds
+    return ("isotropic", "route") if args.route_data else ("isotropic",)
 
 
 def resolved_sizes(args: argparse.Namespace) -> dict:

@@ -8,19 +8,25 @@ Convention (Horowitz 2014, 45 nm; the one used by Spikformer and its successors)
   and the descriptor ``projection``, whose input is a real-valued pooled vector (GeM or mean of
   spike counts), so it is a MAC layer too; it runs once per timestep.
 * Every other Conv/Linear and the two matrix products of spiking self-attention see spikes:
-  ``SOP(l) = r(l) x T x FLOPs(l)`` accumulates at ``0.9 pJ``, with ``r(l)`` the fraction of
-  non-zero entries of the layer's input measured on the given images (averaged over the batch
-  and the timesteps). Inputs on the residual path of a block are sums of spikes (0, 1, 2, ...);
-  a non-zero entry counts once, as the convention prescribes.
-* Integer spikes (``StudentConfig.neuron='integer'``): an entry of value k is k binary spikes at
-  inference, so every spiking layer's input counts its sum, not its non-zero entries (on the
-  residual path an upper bound: spikes of two branches that coincide are counted twice).
+  ``SOP(l) = r(l) x T x FLOPs(l)`` accumulates at ``0.9 pJ``, with ``r(l)`` the layer's input
+  spikes per entry measured on the given images (averaged over the batch and the timesteps). An
+  entry of value k is k binary spikes: an integer neuron's level (``StudentConfig.neuron='integer'``;
+  at inference k spikes over virtual timesteps, ``core/spike_train.py`` runs them), and on the
+  residual path of a block the sum of the spikes its branches add (0, 1, 2, ... for binary LIF
+  neurons too: each branch's spike reaches the next layer). ``r(l) x FLOPs(l)`` is each binary spike
+  times its fan-out (out channels x kernel taps), so a spike at the edge of a zero-padded map
+  counts the taps that fall outside it too. The fraction of entries that fire is reported beside
+  it (``input_fraction_firing``); for binary spikes off the residual path the two are equal.
 * The ANN twin (``neuron='relu'``) is not spiking: it is reported as the ANN of equal shape
   (every layer a MAC layer, once per frame; ratio 1).
 * The ANN of equal shape runs every layer once per frame (no T), every operation a MAC.
-* Only compute is counted: BatchNorm (folded into the convolution at inference), max-pooling,
-  residual additions, LIF updates, pooling and normalisation are left out, and so is memory
+* Only the Conv/Linear layers and attention products are counted (``LEFT_OUT``): the input (patch)
+  normalisation, BatchNorm (folded into the convolution at inference), max-pooling, residual
+  additions, neuron updates, GeM pooling and L2 normalisation are left out, and so is memory
   traffic (spikingjelly's ``op_counter`` energy models add it by default).
+* A second reference at 8-bit integer precision (Horowitz 2014: 8-bit add 0.03 pJ, 8-bit multiply
+  0.2 pJ): the same-shape ANN at int8 costs ``0.23 pJ`` per MAC, the student's MAC layers the same
+  and its synaptic operations ``0.03 pJ`` (8-bit accumulates), ``ratio_int8``.
 
 Attention products. spikingjelly's ``SpikingSelfAttention`` has no softmax and computes, per
 head, ``(V Kᵀ) Q`` (``_ssa_kernel_torch``): ``V Kᵀ`` is ``Cph x N x Cph`` and ``(V Kᵀ) Q`` is
@@ -56,6 +62,10 @@ from ..model.neurons import is_neuron
 
 E_MAC_PJ = 4.6   # one 32-bit float multiply-accumulate, 45 nm (Horowitz 2014)
 E_AC_PJ = 0.9    # one 32-bit float accumulate, 45 nm
+E_AC_INT8_PJ = 0.03                   # one 8-bit integer add, 45 nm
+E_MAC_INT8_PJ = 0.2 + E_AC_INT8_PJ    # one 8-bit integer multiply (0.2 pJ) and add
+LEFT_OUT = ("input normalisation", "BatchNorm (folded)", "max-pooling", "residual additions", "neuron updates",
+            "GeM pooling", "L2 normalisation", "memory traffic")
 ATTENTION_ORDERS = ("executed", "qk_first")
 
 
@@ -64,11 +74,14 @@ class LayerEnergy:
     name: str
     kind: str                 # 'mac' (real-valued input) or 'sop' (spike input)
     flops: int                # MACs of one timestep for one frame
-    input_firing_rate: float  # fraction of non-zero input entries; 1.0 for MAC layers
+    input_spikes_per_entry: float  # mean binary spikes per input entry (a level k counts k); 1.0 for MAC layers
+    input_fraction_firing: float   # fraction of input entries with at least one spike; 1.0 for MAC layers
     timesteps: int            # how many times the layer runs per frame
-    operations: float         # MACs (flops x timesteps) or SOPs (rate x timesteps x flops), per frame
+    operations: float         # MACs (flops x timesteps) or SOPs (spikes per entry x timesteps x flops), per frame
     energy_pj: float          # SNN energy per frame
     ann_energy_pj: float      # energy of the same layer in an ANN of equal shape (one pass, MACs)
+    energy_int8_pj: float     # the SNN's operations at 8-bit integer precision
+    ann_int8_energy_pj: float  # the ANN of equal shape at int8
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,6 +93,9 @@ class EnergyReport:
     snn_energy_pj: float      # per frame
     ann_energy_pj: float      # per frame
     ratio: float              # snn / ann
+    snn_int8_energy_pj: float  # per frame, at 8-bit integer precision
+    ann_int8_energy_pj: float  # per frame, the ANN of equal shape at int8
+    ratio_int8: float          # snn_int8 / ann_int8
     timesteps: int
     num_frames: int           # frames the firing rates were measured on
     attention_order: str = "executed"
@@ -101,17 +117,20 @@ class EnergyReport:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values.update(snn_energy_uj=self.snn_energy_pj * 1e-6, ann_energy_uj=self.ann_energy_pj * 1e-6,
+                      snn_int8_energy_uj=self.snn_int8_energy_pj * 1e-6,
+                      ann_int8_energy_uj=self.ann_int8_energy_pj * 1e-6,
                       total_flops=self.total_flops, total_sops=self.total_sops,
-                      total_macs=self.total_macs)
+                      total_macs=self.total_macs, left_out=list(LEFT_OUT))
         return values
 
     def format_table(self) -> str:
-        headers = ("layer", "kind", "FLOPs/step", "T", "in rate", "ops/frame", "E_SNN", "E_ANN")
+        headers = ("layer", "kind", "FLOPs/step", "T", "spikes/entry", "firing", "ops/frame", "E_SNN", "E_ANN")
         rows = [(layer.name, layer.kind, f"{layer.flops:,}", str(layer.timesteps),
-                 f"{layer.input_firing_rate:.4f}", f"{layer.operations:,.0f}",
-                 _format_energy(layer.energy_pj), _format_energy(layer.ann_energy_pj))
+                 *((f"{layer.input_spikes_per_entry:.4f}", f"{layer.input_fraction_firing:.4f}")
+                   if layer.kind == "sop" else ("", "")),
+                 f"{layer.operations:,.0f}", _format_energy(layer.energy_pj), _format_energy(layer.ann_energy_pj))
                 for layer in self.layers]
-        rows.append(("total", "", f"{self.total_flops:,}", str(self.timesteps), "",
+        rows.append(("total", "", f"{self.total_flops:,}", str(self.timesteps), "", "",
                      f"{self.total_macs:,.0f} MAC + {self.total_sops:,.0f} SOP",
                      _format_energy(self.snn_energy_pj), _format_energy(self.ann_energy_pj)))
         widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
@@ -128,7 +147,11 @@ class EnergyReport:
                    f"({self.ann_energy_pj * 1e-3:,.1f} nJ), SNN/ANN = {self.ratio:.4f}")
         out.append(f"T = {self.timesteps}, rates measured on {self.num_frames} frame(s); "
                    f"MAC {self.energy_per_mac_pj} pJ, AC {self.energy_per_ac_pj} pJ (45 nm); "
-                   f"attention products counted as {self.attention_order!r}; compute only, no memory")
+                   f"attention products counted as {self.attention_order!r}")
+        out.append(f"int8 (8-bit add {E_AC_INT8_PJ} pJ, 8-bit multiply {E_MAC_INT8_PJ - E_AC_INT8_PJ:g} pJ): "
+                   f"SNN {self.snn_int8_energy_pj * 1e-6:.4f} µJ, ANN of equal shape "
+                   f"{self.ann_int8_energy_pj * 1e-6:.4f} µJ, SNN/ANN = {self.ratio_int8:.4f}")
+        out.append(f"counted: Conv/Linear layers and attention products; left out: {', '.join(LEFT_OUT)}")
         return "\n".join(out)
 
 
@@ -160,23 +183,23 @@ def _is_spike_like(x: torch.Tensor) -> bool:
 class _Recorder:
     def __init__(self, batch: int, timesteps: int, attention_order: str, neuron_kind: str) -> None:
         self.batch = batch
-        self.count_values = neuron_kind == "integer"
         self.spiking = neuron_kind != "relu"
         self.timesteps = timesteps
         self.attention_order = attention_order
         self.order: list[str] = []
         self.stats: dict[str, dict[str, Any]] = {}
 
-    def _add(self, name: str, kind: str, flops: int, runs: int, nnz: int, numel: int) -> None:
+    def _add(self, name: str, kind: str, flops: int, runs: int, x: torch.Tensor) -> None:
         if name not in self.stats:
             self.order.append(name)
-            self.stats[name] = dict(kind=kind, flops=flops, runs=0, nnz=0, numel=0)
+            self.stats[name] = dict(kind=kind, flops=flops, runs=0, spikes=0.0, nnz=0, numel=0)
         entry = self.stats[name]
         if entry["flops"] != flops:
             raise RuntimeError(f"energy: layer {name} changed shape between calls")
         entry["runs"] += runs
-        entry["nnz"] += nnz
-        entry["numel"] += numel
+        entry["spikes"] += float(x.sum())
+        entry["nnz"] += int(torch.count_nonzero(x))
+        entry["numel"] += x.numel()
 
     def layer_hook(self, name: str, kind: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -187,7 +210,7 @@ class _Recorder:
             if kind == "sop" and self.spiking and not _is_spike_like(x):
                 warnings.warn(f"energy: layer {name} is counted as synaptic operations but its input "
                               f"is not spikes (or sums of spikes)", RuntimeWarning, stacklevel=2)
-            self._add(name, kind, flops, rows // self.batch, self._spikes(x), x.numel())
+            self._add(name, kind, flops, rows // self.batch, x)
         return hook
 
     def attention_hook(self, name: str, attn: SpikingSelfAttention):
@@ -208,11 +231,8 @@ class _Recorder:
                 products = (("matmul_q_kT", q, tokens * tokens * channels),
                             ("matmul_qkT_v", v, tokens * tokens * channels))
             for suffix, spikes, flops in products:
-                self._add(f"{name}.{suffix}", "sop", flops, steps, self._spikes(spikes), spikes.numel())
+                self._add(f"{name}.{suffix}", "sop", flops, steps, spikes)
         return hook
-
-    def _spikes(self, x: torch.Tensor) -> float:
-        return float(x.sum()) if self.count_values else int(torch.count_nonzero(x))
 
 
 def costed_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module, str]],
@@ -287,18 +307,25 @@ def estimate_energy(model: nn.Module, images: torch.Tensor,
         if neuron_kind == "relu":
             entry["kind"], runs = "mac", 1
         if entry["kind"] == "mac":
-            rate, operations, energy = 1.0, float(flops * runs), E_MAC_PJ * flops * runs
+            rate = firing = 1.0
+            operations = float(flops * runs)
+            energy, energy_int8 = E_MAC_PJ * operations, E_MAC_INT8_PJ * operations
         else:
-            rate = entry["nnz"] / entry["numel"] if entry["numel"] else 0.0
+            rate = entry["spikes"] / entry["numel"] if entry["numel"] else 0.0
+            firing = entry["nnz"] / entry["numel"] if entry["numel"] else 0.0
             operations = rate * runs * flops
-            energy = E_AC_PJ * operations
-        results.append(LayerEnergy(name=name, kind=entry["kind"], flops=flops, input_firing_rate=rate,
-                                   timesteps=runs, operations=operations, energy_pj=energy,
-                                   ann_energy_pj=E_MAC_PJ * flops))
+            energy, energy_int8 = E_AC_PJ * operations, E_AC_INT8_PJ * operations
+        results.append(LayerEnergy(name=name, kind=entry["kind"], flops=flops, input_spikes_per_entry=rate,
+                                   input_fraction_firing=firing, timesteps=runs, operations=operations,
+                                   energy_pj=energy, ann_energy_pj=E_MAC_PJ * flops, energy_int8_pj=energy_int8,
+                                   ann_int8_energy_pj=E_MAC_INT8_PJ * flops))
     snn = sum(layer.energy_pj for layer in results)
     ann = sum(layer.ann_energy_pj for layer in results)
+    snn_int8 = sum(layer.energy_int8_pj for layer in results)
+    ann_int8 = sum(layer.ann_int8_energy_pj for layer in results)
     return EnergyReport(layers=results, snn_energy_pj=snn, ann_energy_pj=ann,
-                        ratio=snn / ann if ann else float("nan"),
+                        ratio=snn / ann if ann else float("nan"), snn_int8_energy_pj=snn_int8,
+                        ann_int8_energy_pj=ann_int8, ratio_int8=snn_int8 / ann_int8 if ann_int8 else float("nan"),
                         timesteps=1 if neuron_kind == "relu" else timesteps,
                         num_frames=int(images.shape[0]), attention_order=attention_order)
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from vl2spike_ros.core.limits import DEFAULT_MAX_IMAGE_PIXELS
+from vl2spike_ros.core.png_check import check_png
 from vl2spike_ros.errors import InputError
 
 # ROS encoding -> (dtype, channels, OpenCV conversion to RGB or None when already RGB).
@@ -291,6 +292,8 @@ def _claimed_pixels(data: bytes, what: str, expected: str, formats: tuple[str, .
 def _decode(data: bytes, what: str, expected: str, formats: tuple[str, ...] | None,
             max_pixels: int) -> np.ndarray:
     image_format, _, _ = _claimed_pixels(data, what, expected, formats, max_pixels)
+    if image_format == "PNG":
+        check_png(data, what)  # libpng would print its own line on stderr for what this refuses
     with _opencv_quiet():
         decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None or decoded.size == 0:

@@ -112,6 +112,11 @@ class Localizer:
         return self.sequence.length
 
     @property
+    def sequence_frames(self) -> int:
+        """Query frames the last match's scores average: 1 for single frames, up to sequence_length."""
+        return self.sequence.frames if self.sequence.length > 1 else 1
+
+    @property
     def search_index(self) -> str:
         """What ranks the places: the map's index for single frames; with sequences, exact
         similarities to every place ("exact"), whatever the map's index kind."""

@@ -21,9 +21,7 @@ import cv2
 import numpy as np
 
 from vl2spike_ros.errors import InputError
-
-RESIZE_MODES = ("crop", "squeeze", "letterbox")
-DEFAULT_RESIZE_MODE = "crop"
+from vl2spike_ros.model.config import DEFAULT_RESIZE_MODE, RESIZE_MODES
 
 
 def fit_to_input(image: np.ndarray, height: int, width: int, mode: str = DEFAULT_RESIZE_MODE) -> np.ndarray:

@@ -14,7 +14,6 @@ the offline evaluation's exactly).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -53,7 +52,9 @@ class MatchCollector:
         self.changed = threading.Condition()
 
     def on_match(self, message: Any) -> None:
-        body = json.loads(message.data)
+        from vl2spike_ros.ros.match_message import match_fields  # rclpy's messages: only when replaying
+
+        body = match_fields(message)
         key = (body["stamp"]["sec"], body["stamp"]["nanosec"])
         with self.changed:
             if key in self.stamp_to_index:
@@ -204,9 +205,9 @@ def _replay_through_node(process: subprocess.Popen, log_path: Path, bag: Path, m
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
+    from vl2spike_ros.ros.match_message import MATCH_TYPE
     from vl2spike_ros.ros.bag_tools import (bag_messages, play_bag, restamped, ros_message_class,
                                             wait_for_subscribers)
 
@@ -218,7 +219,7 @@ def _replay_through_node(process: subprocess.Popen, log_path: Path, bag: Path, m
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    node.create_subscription(String, f"{DEMO_NAMESPACE}/vpr_node/match", collector.on_match, 1000)
+    node.create_subscription(MATCH_TYPE, f"{DEMO_NAMESPACE}/vpr_node/match", collector.on_match, 1000)
     node.create_subscription(DiagnosticArray, "/diagnostics", collector.on_diagnostics, 10)
     alive = lambda: process.poll() is None  # noqa: E731
 

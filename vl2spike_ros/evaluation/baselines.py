@@ -85,13 +85,14 @@ def evaluate_similarity(similarity: np.ndarray, query_frames, reference_frames, 
 
 
 def evaluate_patchnorm(reference: ImageSequence, query: ImageSequence, tolerance: int,
-                       sequence_length: int = 1) -> EvaluationResult:
+                       sequence_length: int = 1, resize_mode: str = DEFAULT_RESIZE_MODE) -> EvaluationResult:
     """`vl2spike evaluate --baseline patchnorm`: the same ground truth and metrics as a model's run."""
-    descriptors = [patchnorm_descriptors(image for _, image in tqdm(sequence, total=len(sequence), desc=label))
+    descriptors = [patchnorm_descriptors((image for _, image in tqdm(sequence, total=len(sequence), desc=label)),
+                                         resize_mode=resize_mode)
                    for sequence, label in ((reference, "reference"), (query, "query"))]
     result = evaluate_similarity(sad_similarity(descriptors[1], descriptors[0]),
                                  [frame.frame for frame in query.frames],
                                  [frame.frame for frame in reference.frames], tolerance, sequence_length)
     result.metrics.update(checkpoint_fingerprint=None, baseline=f"patchnorm ({PATCH_SIZE}x{PATCH_SIZE} patches, "
-                          f"{BASELINE_SIZE[1]}x{BASELINE_SIZE[0]} pixels, sum of absolute differences)")
+                          f"{BASELINE_SIZE[1]}x{BASELINE_SIZE[0]} pixels, {resize_mode}, sum of absolute differences)")
     return result

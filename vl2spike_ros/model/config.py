@@ -6,7 +6,6 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..core.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from ..errors import InputError
 
 POOLINGS = ("mean", "gem")
@@ -21,6 +20,9 @@ MAX_TOKENS = 4096  # spiking self-attention holds tokens^2 scores per head and t
 MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights
 MAX_MLP_RATIO = 16.0
 INPUT_NORMALIZATIONS = ("standard", "patch")
+# How an image of another aspect ratio is fitted to the input (core/preprocess.py does the fitting).
+RESIZE_MODES = ("crop", "squeeze", "letterbox")
+DEFAULT_RESIZE_MODE = "crop"
 
 
 @dataclass(frozen=True)

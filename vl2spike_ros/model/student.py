@@ -174,11 +174,20 @@ class SpikformerStudent(nn.Module):
         cells = cells.permute(0, 1, 3, 5, 4, 6, 2).reshape(steps, batch, rows * cols, -1, channels)
         return self.pool(cells).flatten(2)
 
+    def _step_descriptors(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """[T, B, C, H, W] -> [T, B, D]: each step's descriptor, unit length."""
+        return F.normalize(self.projection(self._pool_cells(feature_maps)), dim=-1)
+
+    def descriptor_of(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """The descriptor [B, D] of the last block's output [T, B, C, H, W] (another path's, e.g.
+        core/spike_train.py's): pooling and projection, as `forward` does."""
+        return F.normalize(self._step_descriptors(feature_maps).mean(dim=0), dim=-1)
+
     def _head(self, feature_maps: torch.Tensor, membrane: list[torch.Tensor]) -> StudentOutput:
         for block in self.backbone.blocks:
             feature_maps = block(feature_maps)
         tokens = feature_maps.flatten(3).transpose(2, 3)  # [T, B, N, C]
-        step_descriptors = F.normalize(self.projection(self._pool_cells(feature_maps)), dim=-1)
+        step_descriptors = self._step_descriptors(feature_maps)
         descriptor = F.normalize(step_descriptors.mean(dim=0), dim=-1)
         if membrane is not None:
             membrane = [node.v_seq for node in self._neurons]

@@ -5,11 +5,14 @@ Interface (design §3; schema and examples in docs/ros_interface.md):
   parameter `transport`, with sensor-data QoS; the callback only checks the message and puts it in a
   one-frame slot (newest frame wins, a replaced frame counts as a drop); a worker thread runs
   inference, so no backlog can form;
-- publishes `~/match` (std_msgs/String JSON), `~/pose` (PoseWithCovarianceStamped, when the map has
-  poses and the match is accepted), `~/match_image` (query beside its best match, only while
-  subscribed) and `/diagnostics` (DiagnosticArray);
-- services `~/save_map` (std_srvs/Trigger), `~/set_mapping` (std_srvs/SetBool) and
-  `~/reset_sequence` (std_srvs/Trigger: forget recent frames, number queries from 0);
+- publishes `~/match` (vl2spike_ros/PlaceMatch; std_msgs/String JSON where the package's messages
+  are not built, see match_message.py), `~/match_json` (the same as JSON, deprecated, only while
+  subscribed), `~/pose` (PoseWithCovarianceStamped, when the map has poses and the match is
+  accepted), `~/match_image` (query beside its best match, only while subscribed) and `/diagnostics`
+  (DiagnosticArray);
+- services `~/save_map` (vl2spike_ros/SaveMap, or std_srvs/Trigger with the JSON), `~/set_mapping`
+  (std_srvs/SetBool) and `~/reset_sequence` (std_srvs/Trigger: forget recent frames, number queries
+  from 0);
 - lifecycle: configure loads and checks model and map, activate subscribes and starts the worker,
   deactivate and cleanup release, shutdown ends in `finalized`; parameter `autostart` (default
   true) configures and activates at start. Ctrl-C (SIGINT) and SIGTERM shut down through the
@@ -49,7 +52,8 @@ from vl2spike_ros.ros.image_messages import rgb_to_image
 from vl2spike_ros.sources import image_messages
 from vl2spike_ros.ros.frame_slot import FrameSlot
 from vl2spike_ros.ros.match_image import ReferenceImages, match_picture
-from vl2spike_ros.ros.match_message import match_json
+from vl2spike_ros.ros.match_message import (MATCH_TYPE, SAVE_MAP_TYPE, TYPED_UNAVAILABLE, match_fields,
+                                            match_message)
 from vl2spike_ros.ros.node_diagnostics import NodeStats, StatusReporter, diagnostic_values
 from vl2spike_ros.ros.parameters import PARAMETERS, PARAMETER_SPECS, check_parameter
 
@@ -102,6 +106,8 @@ class VprNode(LifecycleNode):
                                                     self._publish_diagnostics)
         self.get_logger().info(f"{NODE_NAME} from {Path(__file__).resolve().parent} "
                                f"(image conversion: {image_messages.BACKEND})")
+        if TYPED_UNAVAILABLE:
+            self.get_logger().warning(TYPED_UNAVAILABLE)
 
     @property
     def state(self) -> str:
@@ -161,12 +167,14 @@ class VprNode(LifecycleNode):
             self._localizer = localizer
             self._references.clear()
         self._vpr_pubs = {
-            "match": self.create_lifecycle_publisher(String, "~/match", 10),
+            "match": self.create_lifecycle_publisher(MATCH_TYPE, "~/match", 10),
             "pose": self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
             "match_image": self.create_lifecycle_publisher(Image, "~/match_image", 1),
         }
+        if MATCH_TYPE is not String:  # the JSON of earlier releases, for subscribers not yet moved
+            self._vpr_pubs["match_json"] = self.create_lifecycle_publisher(String, "~/match_json", 10)
         self._vpr_srvs = [
-            self.create_service(Trigger, "~/save_map", self._on_save_map),
+            self.create_service(SAVE_MAP_TYPE, "~/save_map", self._on_save_map),
             self.create_service(SetBool, "~/set_mapping", self._on_set_mapping),
             self.create_service(Trigger, "~/reset_sequence", self._on_reset_sequence),
         ]
@@ -305,16 +313,18 @@ class VprNode(LifecycleNode):
             if match.added_place_id is not None:
                 self._references.remember(match.added_place_id, rgb)
             messaging = time.perf_counter()
-            body = match_json(match, stamp.sec, stamp.nanosec, message.header.frame_id, localizer.mode,
-                              localizer.map_size)
+            reply = match_message(match, message.header, localizer.mode, localizer.map_size,
+                                  localizer.sequence_frames)
         if match.index_note:
             self.get_logger().info(match.index_note)
         picture = (match_picture(rgb, match, self._references)
                    if self._vpr_settings["publish_match_image"]
                    and self._vpr_pubs["match_image"].get_subscription_count() > 0 else None)
-        match_message = String(data=json.dumps(body))
         publishing = time.perf_counter()
-        self._vpr_pubs["match"].publish(match_message)
+        self._vpr_pubs["match"].publish(reply)
+        json_publisher = self._vpr_pubs.get("match_json")
+        if json_publisher is not None and json_publisher.get_subscription_count() > 0:
+            json_publisher.publish(String(data=json.dumps(match_fields(reply))))
         if match.pose is not None:
             self._vpr_pubs["pose"].publish(self._pose_message(stamp, match.pose))
         if picture is not None:
@@ -341,7 +351,8 @@ class VprNode(LifecycleNode):
         return message
 
     # --- services ---------------------------------------------------------------------------------
-    def _on_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _on_save_map(self, request: Any, response: Any) -> Any:
+        """SaveMap (success, message, path, place_count) or, without the package's messages, Trigger."""
         path = self._vpr_settings["map_path"]
         if not path:
             response.success, response.message = False, "map_path is empty: set it to save the map"
@@ -357,6 +368,8 @@ class VprNode(LifecycleNode):
                 self.get_logger().error(response.message)
                 return response
         response.success, response.message = True, f"saved {count} places to {path}"
+        if hasattr(response, "place_count"):
+            response.path, response.place_count = path, count
         self.get_logger().info(response.message)
         return response
 

@@ -49,7 +49,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("autostart", True, "configure and activate at start (no lifecycle manager needed)",
                   read_only=True),
     ParameterSpec("device", "cpu", "torch device for the student, e.g. 'cpu' or 'cuda:0'", read_only=True),
-    ParameterSpec("backend", AUTO, "where the student runs; same descriptors, same maps ('auto': "
+    ParameterSpec("backend", AUTO, "where the student runs; either serves the other's maps ('auto': "
                   "onnxruntime, exported on first use into the user cache, or torch where that cannot start)",
                   read_only=True, choices=backend_names()),
     ParameterSpec("num_threads", 1, "CPU threads of torch, onnxruntime and FAISS in this node. 1 leaves the "

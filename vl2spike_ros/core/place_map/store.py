@@ -190,6 +190,8 @@ def _readable_directory(target: Path) -> Path:
     previous = sibling(target, "previous")
     if previous.is_dir():
         return previous  # a save crashed (or is) between its two renames; this is the intact old map
+    if target.is_dir():
+        return target  # a save finished its second rename and removed the old map between the checks
     if target.exists():
         raise InputError(f"map {target} is not a directory")
     raise InputError(f"map {target} does not exist or is not a directory")
