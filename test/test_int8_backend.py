@@ -37,6 +37,10 @@ def test_the_spiking_blocks_run_in_int8_and_the_stem_and_projection_in_float(enc
     # Per output channel: one scale per filter of each quantised convolution.
     per_channel = [tensor for name, tensor in weights.items() if name.endswith("_scale") and tensor.dims]
     assert per_channel and all(tensor.dims[0] > 1 for tensor in per_channel)
+    float_graph = onnx.load(str(encoders[0].backend.path)).graph
     quantise, keep = quantised_nodes(onnx.load(str(encoders[0].backend.path)))
-    kept_ops = [node.op_type for node in onnx.load(str(encoders[0].backend.path)).graph.node if node.name in keep]
-    assert quantise and kept_ops.count("MatMul") == 1  # the projection to the descriptor
+    kept_ops = [node.op_type for node in float_graph.node if node.name in keep]
+    # Every MatMul (the attention products, the projection) stays float; every Conv quantised is a block's.
+    assert kept_ops.count("MatMul") == sum(node.op_type == "MatMul" for node in float_graph.node)
+    assert quantise and all(node.op_type == "Conv" and not node.input[1].startswith(PATCH_EMBEDDING)
+                            for node in float_graph.node if node.name in quantise)
