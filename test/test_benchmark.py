@@ -10,6 +10,7 @@ import pytest
 
 import node_fixtures as support  # loopback ROS environment before anything starts rclpy
 from vl2spike_ros.benchmark.run import TARGETS, check_targets, recommended_index
+from vl2spike_ros.ros.node_diagnostics import STAGES
 
 KEYS = ("encode_ms_p50", "encode_ms_p95", "encode_fps_batch32", "vit_b32_encode_ms_p50",
         "vit_b32_encode_ms_p95", "vit_b32_encode_fps_batch32", "vit_b32_onnxruntime_encode_ms_p50",
@@ -39,8 +40,16 @@ def test_tiny_benchmark_writes_every_key(tmp_path):
     assert results["evaluate_places"] == 60 and results["node_places"] == 300
     assert results["node_frames"] == 45 and results["soak_frames"] == 390
     at_1500 = [(row["index"], row["options"].get("nprobe")) for row in results["map_search"] if row["places"] == 1500]
-    assert at_1500 == [("flat", None), ("ivfpq", 16), ("ivfpq", 32), ("ivfpq", 38)]  # nprobe swept up to nlist
-    assert results["map_1m_search_options"] in ("", "nprobe=16 rerank=32", "nprobe=32 rerank=32", "nprobe=38 rerank=32")
+    # ivfpq: nprobe swept up to nlist (38); fastscan: 2.5% to 20% of its 38 lists
+    assert at_1500 == [("flat", None), ("ivfpq", 16), ("ivfpq", 32), ("ivfpq", 38),
+                       ("fastscan", 1), ("fastscan", 2), ("fastscan", 4), ("fastscan", 8)]
+    best = [row for row in results["map_search"] if row["places"] == 1500 and row["index"] == results["map_1m_index"]]
+    assert results["map_1m_search_options"] in {" ".join(f"{k}={row['options'][k]}" for k in ("nprobe", "rerank"))
+                                               if row["index"] != "flat" else "" for row in best}
+    assert all(isinstance(row["bytes_per_place"], int) for row in results["map_search"])  # RSS noise at this size
+    # Where the node's time went, from its /diagnostics: every stage timed.
+    assert set(results["node_stage_ms"]) == set(STAGES)
+    assert all(results["node_stage_ms"][stage]["p50"] is not None for stage in ("decode", "encode", "search", "publish"))
     assert results["map_not_built"] == [{"descriptors": "isotropic", "places": 1500, "index": "hnsw",
                                          "reason": "above --hnsw-max-places (build time)"}]
     assert set(results["targets"]) == set(TARGETS)
@@ -66,7 +75,7 @@ def test_targets_are_judged_and_missing_ones_left_open():
     verdicts = check_targets({"speedup_vs_vit_b32_same_runtime": 30.0, "node_latency_p95_ms": 15.5,
                               "soak_rss_growth_pct": None})
     assert verdicts["speedup_vs_vit_b32_same_runtime"]["met"] is True
-    assert verdicts["node_latency_p95_ms"] == {"target": "<= 15", "met": False}
+    assert verdicts["node_latency_p95_ms"] == {"target": "<= 5", "met": False}
     assert verdicts["soak_rss_growth_pct"]["met"] is None
 
 

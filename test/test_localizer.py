@@ -195,7 +195,7 @@ def test_a_keyframe_that_trains_the_index_says_so(encoder):
 def test_mapping_starts_from_an_empty_map_with_every_index_kind(encoder, tmp_path):
     """IVF-PQ included: an empty ivfpq map keeps keyframes exactly until it has enough to train."""
     checkpoint = encoder.info.path
-    for kind in ("flat", "hnsw", "ivfpq"):
+    for kind in ("flat", "hnsw", "ivfpq", "fastscan"):
         localizer = Localizer.from_paths(checkpoint, tmp_path / kind, index_kind=kind, mode="map")
         assert localizer.map_size == 0
         localizer.add_keyframe(unit_rows(1, encoder.dim)[0], "first", None)

@@ -29,6 +29,7 @@ from vl2spike_ros.sources.image_folders import ImageFolderSequence  # noqa: E402
 from vl2spike_ros.demo.route import write_demo_route  # noqa: E402
 from vl2spike_ros.core.place_map import PlaceMap  # noqa: E402
 from vl2spike_ros.ros.image_messages import rgb_to_compressed, rgb_to_image  # noqa: E402
+from vl2spike_ros.ros.node_diagnostics import STAGES  # noqa: E402
 from vl2spike_ros.ros.match_message import (MATCH_TYPE, SAVE_MAP_TYPE, TYPED_UNAVAILABLE,  # noqa: E402
                                             match_fields)
 
@@ -302,6 +303,10 @@ def test_burst_leaves_no_backlog_and_counts_drops(raw, probe, assets):
     stamps = [m["stamp"]["sec"] for m in answered]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert answered[-1] == fresh
+    # Where each frame's time went: every stage timed; the student and the search are part of latency_ms.
+    stage_p50 = {stage: float(after[f"stage_{stage}_ms_p50"]) for stage in STAGES}
+    assert stage_p50["encode"] > 0 and stage_p50["search"] > 0 and stage_p50["publish"] > 0
+    assert max(stage_p50["encode"], stage_p50["search"]) <= float(after["latency_ms_p50"])
 
 
 def _malformed(index: int, good: Image) -> Image:

@@ -12,7 +12,7 @@ from vl2spike_ros.core.place_map import Place
 from vl2spike_ros.ros.frame_slot import FrameSlot
 from vl2spike_ros.ros.match_image import THUMBNAIL_HEIGHT, ReferenceImages, match_picture
 from vl2spike_ros.ros.match_message import match_json
-from vl2spike_ros.ros.node_diagnostics import NodeStats, StatusReporter, diagnostic_values, percentiles
+from vl2spike_ros.ros.node_diagnostics import STAGES, NodeStats, StatusReporter, diagnostic_values, percentiles
 from vl2spike_ros.ros.parameters import PARAMETER_SPECS, PARAMETERS, check_parameter
 
 
@@ -152,6 +152,19 @@ def test_stats_rate_latency_and_counters():
     assert later["rate_hz"] == 0.0 and later["latency_ms_p50"] is None and later["frames_processed"] == 11
     values = dict(diagnostic_values(later, received=20, dropped=9, pending=1, extra={"map_size": 3}))
     assert values["frames_dropped"] == "9" and values["frames_pending"] == "1" and values["latency_ms_p50"] == "n/a" and values["map_size"] == "3"
+
+
+def test_stats_report_each_stage_of_a_frame():
+    stats = NodeStats(window_s=10.0)
+    for i in range(21):
+        stages = {stage: float(i * (position + 1)) for position, stage in enumerate(STAGES)}
+        stats.record_match(_match(i), stages, now=100.0 + i * 0.1)
+    snapshot = stats.snapshot(now=102.0)
+    for position, stage in enumerate(STAGES):
+        assert snapshot[f"stage_{stage}_ms_p50"] == pytest.approx(10.0 * (position + 1))
+        assert snapshot[f"stage_{stage}_ms_p95"] == pytest.approx(19.0 * (position + 1))
+    values = dict(diagnostic_values(stats.snapshot(now=200.0), received=21, dropped=0, pending=0, extra={}))
+    assert values["stage_encode_ms_p50"] == "n/a"  # the window forgets stage times too
 
 
 def test_status_tells_map_errors_apart_from_bad_input():

@@ -1,6 +1,7 @@
 """PlaceMap on real FAISS indexes and real files: search, validation, save/load, atomic replacement."""
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -10,12 +11,13 @@ import numpy as np
 import pytest
 
 from vl2spike_ros.errors import InputError
-from vl2spike_ros.core.place_map import Place, PlaceMap
+from vl2spike_ros.core.place_map import INDEX_KINDS, Place, PlaceMap
+from vl2spike_ros.core.place_map.index_factory import AUTO_FLAT_MAX_PLACES, index_kind_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT = "a1b2c3d4e5f6a7b8c9d0" * 3
 # ivfpq needs >= 256 vectors for its first add (8-bit PQ codebooks).
-KIND_SIZES = {"flat": (40, 16), "hnsw": (40, 16), "ivfpq": (300, 32)}
+KIND_SIZES = {"flat": (40, 16), "hnsw": (40, 16), "ivfpq": (300, 32), "fastscan": (300, 32)}
 
 
 def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -225,6 +227,90 @@ def test_ivfpq_nprobe_changes_without_rebuilding_and_probing_more_lists_agrees_m
     assert np.array_equal(loaded.search(queries, 5)[1], place_map.search(queries, 5)[1])
 
 
+def test_fastscan_sizes_itself_from_the_map_and_probing_more_lists_agrees_more(tmp_path):
+    """About 4 sqrt(count) lists (at most count/39), one byte of code per two dimensions, a tenth of
+    the lists probed; every place's own descriptor finds it once all lists are probed."""
+    descriptors = unit_vectors(4000, 32, seed=4)
+    place_map = PlaceMap(32, FINGERPRINT, "fastscan")
+    place_map.add(descriptors)
+    assert place_map.index_structure == "fastscan"
+    assert place_map.index_options == {"nlist": 102, "m": 16, "nprobe": 16, "rerank": 32}
+    queries = unit_vectors(200, 32, seed=5) * 0.8 + descriptors[:200]
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = np.argmax(queries @ descriptors.T, axis=1)
+    agreement = {}
+    for nprobe in (1, 16, 102):
+        place_map.set_search_options(nprobe=nprobe)
+        agreement[nprobe] = float(np.mean(place_map.search(queries, 1)[1][:, 0] == exact))
+    assert agreement[1] < agreement[16] < agreement[102] == 1.0
+    place_map.save(tmp_path / "map")
+    assert PlaceMap.load(tmp_path / "map").search(queries, 1)[1][:, 0].tolist() == exact.tolist()
+
+
+def test_auto_index_is_exact_for_small_maps_and_ivfpq_for_large_ones():
+    assert index_kind_for(AUTO_FLAT_MAX_PLACES) == "flat"
+    assert index_kind_for(AUTO_FLAT_MAX_PLACES + 1) == "ivfpq"
+
+
+def test_fastscan_block_layout_edits_are_refused(tmp_path):
+    """The walk checks the block layout that sizes fast scan's code arrays, not only length fields:
+    vectors per block (bbs, stored before the product quantiser) and the lists' own copy of it."""
+    built_map("fastscan").save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    original = index_path.read_bytes()
+    quantiser = original.index(struct.pack("<QQQ", 32, 16, 4))  # the product quantiser: d, M, nbits
+    # bbs (int32) sits before M2 (uint64), implem (int32) and qbs2 (uint64).
+    for offset, size in ((quantiser - 24, 4), (original.index(b"ilbl") + 4 + 16, 8)):
+        data = bytearray(original)
+        data[offset:offset + size] = (64).to_bytes(size, "little")
+        index_path.write_bytes(bytes(data))
+        with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*blocks? (lists )?of 64"):
+            PlaceMap.load(tmp_path / "map")
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "fastscan"])
+def test_an_inverted_list_id_beyond_the_map_is_refused(kind, tmp_path):
+    """A place id in the lists is what search hands back and re-ranking indexes the map with; one
+    edited to name no place made search raise IndexError on every query that reached it."""
+    place_map = built_map(kind)
+    place_map.save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    data = bytearray(index_path.read_bytes())
+    last_id = struct.pack("<q", len(place_map) - 1)
+    offset = data.rindex(last_id)  # the highest id is the last 8 bytes that spell it
+    data[offset:offset + 8] = struct.pack("<q", 4_861_092_669)
+    index_path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="index.faiss is truncated or corrupt.*place ids outside"):
+        PlaceMap.load(tmp_path / "map")
+
+
+def test_random_edits_of_a_fastscan_index_are_refused_or_harmless(tmp_path):
+    """Eight random bytes written anywhere in a fast-scan index.faiss (format 1: no hashes to catch
+    them first): the map is refused with the one-line error, or, where the edit hit codes or
+    centroids, it loads and answers. FAISS never sees a length the walk did not check."""
+    built_map("fastscan").save(tmp_path / "map")
+    as_format_1(tmp_path / "map")
+    index_path = tmp_path / "map" / "index.faiss"
+    original = index_path.read_bytes()
+    rng = np.random.default_rng(11)
+    refused = 0
+    for _ in range(60):
+        data = bytearray(original)
+        offset = int(rng.integers(0, len(data) - 8))
+        data[offset:offset + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        index_path.write_bytes(bytes(data))
+        try:
+            loaded = PlaceMap.load(tmp_path / "map")
+        except InputError as error:
+            assert "index.faiss is truncated or corrupt" in str(error)
+            refused += 1
+        else:
+            assert loaded.search(loaded.descriptors[:2], 2)[1].shape == (2, 2)
+    assert refused > 0
+
+
 def test_search_options_are_validated_and_a_refusal_changes_nothing():
     place_map = built_map("hnsw")
     place_map.set_search_options(ef_search=128)
@@ -239,7 +325,7 @@ def test_search_options_are_validated_and_a_refusal_changes_nothing():
         built_map("flat").set_search_options(nprobe=4)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", INDEX_KINDS)
 def test_similarities_are_exact_for_every_index_kind(kind):
     place_map = built_map(kind)
     queries = unit_vectors(4, place_map.dim, seed=7)
@@ -248,7 +334,7 @@ def test_similarities_are_exact_for_every_index_kind(kind):
     assert place_map.similarities(queries).shape == (4, len(place_map))
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", INDEX_KINDS)
 def test_save_load_round_trip(kind, tmp_path):
     place_map = built_map(kind)
     queries = unit_vectors(5, place_map.dim, seed=3)
@@ -296,7 +382,7 @@ def test_fingerprint_and_dim_mismatch_are_refused(tmp_path):
         PlaceMap.load(tmp_path / "map", expected_dim=32)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", INDEX_KINDS)
 def test_truncated_index_is_refused_naming_it(kind, tmp_path):
     built_map(kind).save(tmp_path / "map")
     index_path = tmp_path / "map" / "index.faiss"
@@ -381,7 +467,8 @@ def test_format_1_maps_still_load(kind, tmp_path):
         place_map.descriptors[:3], k=2)[1].tolist()
 
 
-@pytest.mark.parametrize("kind, field_offset", [("flat", 37), ("hnsw", 37), ("ivfpq", 53 + 37)])
+@pytest.mark.parametrize("kind, field_offset", [("flat", 37), ("hnsw", 37), ("ivfpq", 53 + 37),
+                                                ("fastscan", 53 + 37)])
 def test_index_length_field_edit_is_refused_before_faiss_allocates(kind, field_offset, tmp_path):
     """An 8-byte edit of a length field made FAISS allocate 12.9 GB; now the walk refuses it first.
 

@@ -13,7 +13,7 @@ from vl2spike_ros.cli_arguments import OneLineArgumentParser, bounded_float, bou
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.ros.bag_tools import add_replay_commands
 
-INDEX_CHOICES = ("flat", "hnsw", "ivfpq")
+INDEX_CHOICES = ("auto", "flat", "hnsw", "ivfpq", "fastscan")
 ENERGY_SAMPLE_FRAMES = 32
 
 
@@ -93,7 +93,7 @@ def cmd_build_map(args: argparse.Namespace) -> int:
     encoder = _encoder(args)
     place_map = build_map(encoder, sequence, args.index, poses=poses)
     place_map.save(out)
-    print(f"map: {len(place_map)} places, dim {place_map.dim}, index {args.index}, "
+    print(f"map: {len(place_map)} places, dim {place_map.dim}, index {place_map.index_kind}, "
           f"model {encoder.fingerprint[:12]} -> {out}")
     return 0
 
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--images", required=True, help="image folder (Nordland layout) or rosbag2")
     build.add_argument("--topic", default=None, help="image topic when --images is a bag with several")
     build.add_argument("--out", required=True, help="map directory to write")
-    build.add_argument("--index", choices=INDEX_CHOICES, default="flat", help="FAISS index kind (default flat)")
+    build.add_argument("--index", choices=INDEX_CHOICES, default="auto", help="FAISS index kind (default auto: by the map's size, docs/map_scale.md)")
     build.add_argument("--poses", default=None,
                        help="CSV of per-image poses (columns source,x,y[,z,qx,qy,qz,qw]); the node then publishes ~/pose")
     build.add_argument("--overwrite", action="store_true",

@@ -23,7 +23,7 @@ from vl2spike_ros.core.atomic_files import write_json_atomic
 from vl2spike_ros.core.place_map import PlaceMap
 from vl2spike_ros.core.place_map.index_factory import INDEX_OPTION_DEFAULTS
 
-INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+INDEX_KINDS = ("flat", "hnsw", "ivfpq", "fastscan")
 DESCRIPTOR_KINDS = ("isotropic", "route")
 # HNSW candidates kept per query, swept on the one built hnsw map (64 is the default).
 HNSW_EF_SEARCHES = (16, 32, 64, 128, 256)
@@ -32,6 +32,9 @@ HNSW_EF_SEARCHES = (16, 32, 64, 128, 256)
 # (measured at 100k and 1M: a shortlist of 5 and of 160 agreed equally): on these queries the misses
 # are places whose IVF list was not probed, so nprobe is the knob.
 IVFPQ_NPROBES = (16, 32, 64, 128, 256)
+# The same for fastscan, whose default is a tenth of its lists (about 400 at 1M places); its sweep
+# runs up to a fifth of them.
+FASTSCAN_NPROBE_FRACTIONS = (0.025, 0.05, 0.1, 0.2)
 QUERY_NOISE = 0.05  # per dimension: a query is a revisited place's descriptor, perturbed (cos ~0.78)
 
 
@@ -88,7 +91,9 @@ def search_at_size(descriptors: np.ndarray, queries: np.ndarray, fingerprint: st
                 lambda searched=place_map: searched.search(queries[next(position) % len(queries)][None], 5),
                 repeats, warmup=3)
             row = {"places": places, "index": kind, "build_s": round(build_s, 2), **origin,
-                   "resident_mb": round(added_mb, 1), "query_ms": percentile_summary(latency),
+                   "resident_mb": round(added_mb, 1),
+                   "bytes_per_place": round(added_mb * 2**20 / places),
+                   "query_ms": percentile_summary(latency),
                    "top1_agreement": round(float(np.mean(ids[:, 0] == exact_top1)), 4),
                    "options": place_map.index_options}
             if kind in kinds:
@@ -107,6 +112,9 @@ def _search_settings(place_map: PlaceMap) -> list[dict]:
         return [{"ef_search": n} for n in HNSW_EF_SEARCHES]
     if place_map.index_kind == "ivfpq" and place_map.index_structure == "ivfpq":
         return [{"nprobe": n} for n in sorted({min(n, place_map.index_options["nlist"]) for n in IVFPQ_NPROBES})]
+    if place_map.index_kind == "fastscan" and place_map.index_structure == "fastscan":
+        nlist = place_map.index_options["nlist"]
+        return [{"nprobe": n} for n in sorted({max(1, round(f * nlist)) for f in FASTSCAN_NPROBE_FRACTIONS})]
     return [{}]
 
 

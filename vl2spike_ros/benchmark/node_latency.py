@@ -2,8 +2,9 @@
 stream, and the soak: many frames, the node's resident memory sampled as they go.
 
 Latency is end to end: from publishing an image to receiving its `~/match` (the node's own
-`latency_ms`, encode plus search, is reported beside it). A frame the node dropped (newest frame
-wins) or never answered counts in `drops`.
+`latency_ms`, encode plus search, is reported beside it, and so are the per-stage times the node
+publishes on /diagnostics at the end of the stream). A frame the node dropped (newest frame wins) or
+never answered counts in `drops`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 from vl2spike_ros.benchmark.measure import cpu_seconds, percentile_summary, peak_resident_mb, resident_mb
 from vl2spike_ros.demo.live import node_command, ros_environment, stop_process
 from vl2spike_ros.errors import InputError
+from vl2spike_ros.ros.node_diagnostics import STAGES
 
 NAMESPACE = "/vl2spike_bench"
 
@@ -30,6 +32,7 @@ class RunningNode:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
 
         from vl2spike_ros.ros.bag_tools import wait_for_subscribers
@@ -53,6 +56,9 @@ class RunningNode:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.node.create_subscription(MATCH_TYPE, f"{NAMESPACE}/vpr_node/match", self._on_match, 1000)
+        self._diagnostics: dict[str, str] = {}
+        self._diagnostics_seen = threading.Event()
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.publisher = self.node.create_publisher(
             Image, f"{NAMESPACE}/image", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self._spinner = threading.Thread(target=self.executor.spin, daemon=True)
@@ -69,6 +75,26 @@ class RunningNode:
         body = match_fields(message)
         with self._lock:
             self._received[int(body["stamp"]["sec"])] = (time.perf_counter(), float(body["latency_ms"]))
+
+    def _on_diagnostics(self, message) -> None:
+        for status in message.status:
+            if status.name.startswith(f"{NAMESPACE}/vpr_node"):
+                with self._lock:
+                    self._diagnostics = {value.key: value.value for value in status.values}
+                self._diagnostics_seen.set()
+
+    def stage_ms(self, timeout_s: float = 10.0) -> dict[str, dict[str, float | None]]:
+        """{stage: {"p50", "p95"}} ms from the node's next /diagnostics: its recent frames (10 s window)."""
+        self._diagnostics_seen.clear()
+        self._diagnostics_seen.wait(timeout_s)
+        with self._lock:
+            values = dict(self._diagnostics)
+
+        def number(key: str) -> float | None:
+            text = values.get(key, "n/a")
+            return None if text == "n/a" else float(text)
+
+        return {stage: {q: number(f"stage_{stage}_ms_{q}") for q in ("p50", "p95")} for stage in STAGES}
 
     def stream(self, frames: list[np.ndarray], count: int, rate_hz: float, first_index: int = 0,
                on_second=None) -> dict:
@@ -101,6 +127,7 @@ class RunningNode:
         wall = time.perf_counter() - wall_before
         cpu = cpu_seconds(self.process.pid) - cpu_before
         self._settle(published)
+        stages = self.stage_ms()
         with self._lock:
             answers = {i: self._received[i] for i in published if i in self._received}
         end_to_end = [(arrival - published[i]) * 1000.0 for i, (arrival, _) in answers.items()]
@@ -108,6 +135,7 @@ class RunningNode:
         return {"frames": count, "rate_hz_target": rate_hz, "rate_hz_achieved": round(count / wall, 2),
                 "answered": len(answers), "drops": count - len(answers),
                 "latency_ms": percentile_summary(end_to_end), "node_latency_ms": percentile_summary(inside),
+                "stage_ms": stages,
                 "node_cpu_percent": round(100.0 * cpu / wall, 1),
                 "node_rss_mb": round(resident_mb(self.process.pid), 1),
                 "node_peak_rss_mb": round(peak_resident_mb(self.process.pid), 1)}

@@ -16,6 +16,10 @@ NORDLAND_PLACES = 27592
 PARTS = ("encode", "map", "node", "evaluate")
 
 
+# --backend's names for several backends at once.
+BACKEND_SETS = {"all": ("torch", "onnxruntime", "onnxruntime-int8"), "both": ("torch", "onnxruntime")}
+
+
 def _map_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",")]
@@ -61,9 +65,10 @@ def add_benchmark_command(commands, handler) -> None:
                        help="smaller repeats and sizes (a few minutes); the JSON records the sizes used")
     bench.add_argument("--threads", type=threads, default=1,
                        help="torch, onnxruntime and FAISS threads (default 1)")
-    bench.add_argument("--backend", choices=("torch", "onnxruntime", "both"), default="both",
-                       help="student backends to time, each against the ViT-B/32 in the same runtime; the "
-                            "encode keys report the fastest (default both)")
+    bench.add_argument("--backend", choices=(*BACKEND_SETS, "torch", "onnxruntime", "onnxruntime-int8"), default="all",
+                       help="student backends to time, each against the ViT-B/32 in the same runtime where it "
+                            "has one: all (torch, onnxruntime, onnxruntime-int8), both (torch, onnxruntime) or "
+                            "one; the encode keys report the fastest (default all)")
     bench.add_argument("--device", default="cpu", help="torch device for the student and the ViT (default cpu)")
     bench.add_argument("--checkpoint", default=None, help="student checkpoint (default: the shipped model)")
     bench.add_argument("--parts", type=_parts, default=PARTS, metavar="LIST",

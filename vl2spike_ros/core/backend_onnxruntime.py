@@ -38,7 +38,8 @@ class OnnxRuntimeBackend:
         return self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(frames)})[0]
 
 
-def create(request: BackendRequest) -> OnnxRuntimeBackend:
+def exported_model(request: BackendRequest) -> Path:
+    """The model file to run: the request's, or the student exported into the user cache on first use."""
     path = request.model_file
     if path is None:
         path = cached_onnx_path(request.info.fingerprint)
@@ -51,4 +52,8 @@ def create(request: BackendRequest) -> OnnxRuntimeBackend:
             except Exception as error:  # the exporter raises many types; any of them means "cannot export"
                 first_line = (str(error).strip().splitlines() or [""])[0][:200]
                 raise BackendUnavailable(f"export to ONNX failed: {type(error).__name__} {first_line}") from None
-    return OnnxRuntimeBackend(path, request.info.fingerprint, request.device, request.threads)
+    return path
+
+
+def create(request: BackendRequest) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(exported_model(request), request.info.fingerprint, request.device, request.threads)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 REGISTERED: dict[str, str] = {
     "onnxruntime": "vl2spike_ros.core.backend_onnxruntime",
+    "onnxruntime-int8": "vl2spike_ros.core.backend_onnxruntime_int8",
     "torch": "vl2spike_ros.core.backend_torch",
     "spikes": "vl2spike_ros.core.backend_spikes",
 }

@@ -109,3 +109,8 @@ class DescriptorEncoder:
 
     def encode_one(self, image: np.ndarray, encoding: str | None = None) -> np.ndarray:
         return self.encode([image], encoding)[0]
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] already at the input size (`frames`) -> float32 [B, D]: the student
+        alone, so a caller can time resizing and encoding apart."""
+        return self.backend(frames)

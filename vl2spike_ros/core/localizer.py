@@ -7,7 +7,7 @@ frame (with the best place's metadata and pose), adds keyframes in mapping mode 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,7 @@ class Match:
     added_place_id: int | None = None  # mapping mode: the keyframe this frame became, if any
     best_place: Place | None = None    # metadata of place_ids[0]
     index_note: str | None = None      # for the log: the keyframe made the map (re)train its index
+    stage_ms: dict[str, float] = field(default_factory=dict)  # "search", "sequence": where the time went
 
     @property
     def best_place_id(self) -> int | None:
@@ -177,6 +178,7 @@ class Localizer:
         place_ids: list[int] = []
         scores: list[float] = []
         best_single = -np.inf
+        stage_ms = {"search": 0.0, "sequence": 0.0}
         if len(self.place_map):
             k = min(self.top_k, len(self.place_map))
             if self.search_threads > 0:
@@ -184,6 +186,7 @@ class Localizer:
                 # thread: there FAISS took every core and spin-waited, which made a 27k flat search 10-15x
                 # slower on a busy 2-core machine (docs/benchmark.md, node latency).
                 faiss.omp_set_num_threads(self.search_threads)
+            searching = time.perf_counter()
             if self.sequence.length == 1:
                 # Single frames go through the index itself, so HNSW / IVF-PQ maps stay sublinear.
                 top_scores, top_ids = self._search_map.search(descriptor[None, :], k)
@@ -191,15 +194,19 @@ class Localizer:
                 place_ids = [int(i) for i in top_ids[0][found]]
                 scores = [float(s) for s in top_scores[0][found]]
                 best_single = scores[0] if scores else -np.inf
+                stage_ms["search"] = (time.perf_counter() - searching) * 1000.0
             else:
                 similarity_row = self._search_map.similarities(descriptor[None, :])[0]
                 best_single = float(similarity_row.max())
+                sequencing = time.perf_counter()
+                stage_ms["search"] = (sequencing - searching) * 1000.0
                 sequence_scores = self.sequence.push(similarity_row)
                 candidates = np.argpartition(-sequence_scores, k - 1)[:k]
                 ranked = candidates[np.argsort(-sequence_scores[candidates], kind="stable")]
                 ranked = ranked[np.isfinite(sequence_scores[ranked])]  # -inf: not scored (sequence.py)
                 place_ids = [int(i) for i in ranked]
                 scores = [float(sequence_scores[i]) for i in ranked]
+                stage_ms["sequence"] = (time.perf_counter() - sequencing) * 1000.0
         accepted = bool(scores) and scores[0] >= self.match_threshold
         best_place = self.place_map.places[place_ids[0]] if place_ids else None
         added, index_note = None, None
@@ -209,7 +216,7 @@ class Localizer:
             index_note = self._training_note(trained_before)
         return Match(query_index=query_index, place_ids=place_ids, scores=scores, accepted=accepted,
                      latency_ms=(time.perf_counter() - started) * 1000.0, added_place_id=added,
-                     best_place=best_place, index_note=index_note)
+                     best_place=best_place, index_note=index_note, stage_ms=stage_ms)
 
     def _centred_query(self, descriptor: np.ndarray) -> np.ndarray:
         self._query_sum += descriptor

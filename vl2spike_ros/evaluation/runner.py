@@ -19,6 +19,7 @@ from vl2spike_ros.evaluation.metrics import (RECALL_KS, GroundTruth, evaluate_ra
 from vl2spike_ros.core.atomic_files import write_json_atomic
 from vl2spike_ros.core.localizer import Localizer
 from vl2spike_ros.core.place_map import Place, PlaceMap
+from vl2spike_ros.core.place_map.index_factory import AUTO as AUTO_INDEX, index_kind_for
 
 
 def open_checked_sequence(path: str | Path, topic: str | None = None) -> ImageSequence:
@@ -44,9 +45,12 @@ def places_of(sequence: ImageSequence, poses: list[list[float]] | None = None) -
 
 def build_map(encoder: DescriptorEncoder, sequence: ImageSequence, index_kind: str = "flat",
               progress: bool = True, poses: list[list[float]] | None = None) -> PlaceMap:
-    """Encodes a reference traverse; `poses` (one per frame, see poses.py) make `~/pose` possible."""
+    """Encodes a reference traverse; `poses` (one per frame, see poses.py) make `~/pose` possible.
+    `index_kind` "auto" picks the kind from the number of places (index_factory.index_kind_for)."""
     places = places_of(sequence, poses)  # metadata first: bad poses fail before any encoding
     descriptors = encode_sequence(encoder, sequence, "reference", progress)
+    if index_kind == AUTO_INDEX:
+        index_kind = index_kind_for(len(descriptors))
     place_map = PlaceMap(encoder.dim, encoder.fingerprint, index_kind)
     place_map.add(descriptors, places)
     return place_map

@@ -292,22 +292,27 @@ class VprNode(LifecycleNode):
                 self._slot.finish()
 
     def _process(self, message: Any, frames_skipped: int) -> None:
+        decoding = time.perf_counter()
         rgb = image_messages.message_to_rgb(message, self._vpr_settings["max_image_pixels"])
         stamp = message.header.stamp
-        started = time.perf_counter()  # latency_ms counts encoding and matching, as Localizer.localize
+        started = time.perf_counter()  # latency_ms counts resizing, encoding and matching, as Localizer.localize
         # The localizer stays while the worker runs (cleanup and configure wait for deactivate, which
         # joins the worker), so encoding, the bulk of a frame, needs no lock; matching changes the
         # sequence and the map, which services and parameters also touch.
         localizer = self._localizer
         if localizer is None:
             return
-        descriptor = localizer.encoder.encode_one(rgb)
+        frame = localizer.encoder.frame(rgb)
+        resized = time.perf_counter()
+        descriptor = localizer.encoder.encode_frames(frame[None])[0]
+        encoded = time.perf_counter()
         with self._lock:
             match = localizer.match_descriptor(
                 descriptor, source=f"{self._image_topic}@{stamp.sec}.{stamp.nanosec:09d}",
                 stamp=stamp.sec + stamp.nanosec * 1e-9, frames_skipped=frames_skipped, started=started)
             if match.added_place_id is not None:
                 self._references.remember(match.added_place_id, rgb)
+            messaging = time.perf_counter()
             reply = match_message(match, message.header, localizer.mode, localizer.map_size,
                                   localizer.sequence_frames)
         if match.index_note:
@@ -315,7 +320,7 @@ class VprNode(LifecycleNode):
         picture = (match_picture(rgb, match, self._references)
                    if self._vpr_settings["publish_match_image"]
                    and self._vpr_pubs["match_image"].get_subscription_count() > 0 else None)
-        self._vpr_stats.record_match(match)
+        publishing = time.perf_counter()
         self._vpr_pubs["match"].publish(reply)
         json_publisher = self._vpr_pubs.get("match_json")
         if json_publisher is not None and json_publisher.get_subscription_count() > 0:
@@ -324,6 +329,12 @@ class VprNode(LifecycleNode):
             self._vpr_pubs["pose"].publish(self._pose_message(stamp, match.pose))
         if picture is not None:
             self._vpr_pubs["match_image"].publish(rgb_to_image(picture, message.header))
+        ends = {"decode": started, "resize": resized, "encode": encoded, "message": publishing,
+                "publish": time.perf_counter()}
+        begins = {"decode": decoding, "resize": started, "encode": resized, "message": messaging,
+                  "publish": publishing}
+        self._vpr_stats.record_match(match, {**{stage: (ends[stage] - begins[stage]) * 1000.0 for stage in ends},
+                                             **match.stage_ms})
 
     def _pose_message(self, stamp: Any, pose: list[float]) -> PoseWithCovarianceStamped:
         message = PoseWithCovarianceStamped()

@@ -12,6 +12,12 @@ import numpy as np
 
 from vl2spike_ros.core.localizer import Match
 
+# Where a frame's time goes inside the node, in order: decoding the message, fitting it to the
+# student's input, the student, the map search, sequence matching, building the ~/match message
+# (and the match picture, when subscribed), publishing. /diagnostics reports each as
+# stage_<name>_ms_p50 and _p95 over the window.
+STAGES = ("decode", "resize", "encode", "search", "sequence", "message", "publish")
+
 
 def percentiles(values: Any, qs: tuple[float, ...] = (50, 90, 99)) -> dict[str, float | None]:
     """{'p50': .., 'p90': .., 'p99': ..} of `values` (None each when there are none)."""
@@ -33,16 +39,18 @@ class NodeStats:
     map_errors: int = 0  # keyframes the map refused: not the frame's fault, so not counted as invalid
     last_invalid_reason: str = ""
     last_map_error: str = ""
-    _recent: deque = field(default_factory=deque)  # (monotonic time, latency ms)
+    _recent: deque = field(default_factory=deque)  # (monotonic time, latency ms, {stage: ms})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record_match(self, match: Match, now: float | None = None) -> None:
+    def record_match(self, match: Match, stage_ms: dict[str, float] | None = None,
+                     now: float | None = None) -> None:
+        """A processed frame; `stage_ms` the milliseconds it spent in each of STAGES."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self.processed += 1
             self.matched += int(match.accepted)
             self.added += int(match.added_place_id is not None)
-            self._recent.append((now, match.latency_ms))
+            self._recent.append((now, match.latency_ms, stage_ms or {}))
             self._trim(now)
 
     def record_invalid(self, reason: str) -> None:
@@ -68,7 +76,7 @@ class NodeStats:
                         "accepted_matches": self.matched, "keyframes_added": self.added,
                         "map_errors": self.map_errors, "last_invalid_reason": self.last_invalid_reason,
                         "last_map_error": self.last_map_error}
-        latencies = [latency for _, latency in recent]
+        latencies = [latency for _, latency, _ in recent]
         if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
             rate = (len(recent) - 1) / (recent[-1][0] - recent[0][0])
         else:
@@ -78,7 +86,17 @@ class NodeStats:
                 "latency_ms_mean": float(np.mean(latencies)) if latencies else None,
                 "latency_ms_p50": summary["p50"], "latency_ms_p90": summary["p90"],
                 "latency_ms_p99": summary["p99"],
-                "latency_ms_max": float(max(latencies)) if latencies else None}
+                "latency_ms_max": float(max(latencies)) if latencies else None,
+                **_stage_percentiles([stages for _, _, stages in recent])}
+
+
+def _stage_percentiles(frames: list[dict[str, float]]) -> dict[str, float | None]:
+    """stage_<name>_ms_p50 and _p95 of each of STAGES over the frames that timed it."""
+    summary = {}
+    for stage in STAGES:
+        values = percentiles([stages[stage] for stages in frames if stage in stages], (50, 95))
+        summary[f"stage_{stage}_ms_p50"], summary[f"stage_{stage}_ms_p95"] = values["p50"], values["p95"]
+    return summary
 
 
 def diagnostic_values(stats: dict[str, Any], received: int, dropped: int, pending: int,

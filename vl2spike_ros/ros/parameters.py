@@ -61,7 +61,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   read_only=True, low=0, high=256, step=1),
     ParameterSpec("index", "flat", "FAISS index kind of a map started empty in mode 'map' "
                   "(ivfpq keeps keyframes exactly until it has enough to train)",
-                  read_only=True, choices=("flat", "hnsw", "ivfpq")),
+                  read_only=True, choices=("flat", "hnsw", "ivfpq", "fastscan")),
     ParameterSpec("publish_match_image", True, "publish ~/match_image (only while someone subscribes)"),
     ParameterSpec("map_frame", "map", "frame_id of ~/pose", read_only=True),
     ParameterSpec("pose_variance", 25.0, "variance (m^2, rad^2) on the diagonal of ~/pose's covariance",

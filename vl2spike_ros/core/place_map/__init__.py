@@ -6,8 +6,8 @@
   store          the map directory: crash-safe atomic save, consistent and verified read
   map            `PlaceMap`, which ties them together
 """
-from vl2spike_ros.core.place_map.index_factory import INDEX_KINDS, ivfpq_minimum_training_count
+from vl2spike_ros.core.place_map.index_factory import INDEX_KINDS, minimum_training_count
 from vl2spike_ros.core.place_map.map import PlaceMap
 from vl2spike_ros.core.place_map.place import Place
 
-__all__ = ["INDEX_KINDS", "Place", "PlaceMap", "ivfpq_minimum_training_count"]
+__all__ = ["INDEX_KINDS", "Place", "PlaceMap", "minimum_training_count"]

@@ -2,8 +2,8 @@
 
 FAISS trusts the length fields inside an index file: an 8-byte edit of one makes `read_index`
 allocate gigabytes before it fails. So the file's structure is walked here first, for exactly the
-layouts this package writes (IndexFlatIP, IndexHNSWFlat and IndexIVFPQ, inner product, FAISS 1.x
-format), and every length is checked against the bytes that really follow and against map.json's
+layouts this package writes (IndexFlatIP, IndexHNSWFlat, IndexIVFPQ and IndexIVFPQFastScan over an
+HNSW quantiser, inner product, FAISS 1.x format), and every length is checked against the bytes that really follow and against map.json's
 dim and count; the walk must end at the last byte. Anything else is refused as corrupt.
 """
 from __future__ import annotations
@@ -11,13 +11,21 @@ from __future__ import annotations
 import math
 import struct
 
+import numpy as np
+
+from vl2spike_ros.core.place_map.index_factory import FASTSCAN_QUANTISER_M
 from vl2spike_ros.errors import InputError
 
 # FAISS's four-character codes of the structures a map holds.
 FLAT_IP = b"IxFI"
 HNSW_FLAT = b"IHNf"
 IVFPQ = b"IwPQ"
-STRUCTURE_CODES = {"flat": FLAT_IP, "hnsw": HNSW_FLAT, "ivfpq": IVFPQ}
+IVFPQ_FASTSCAN = b"IwPf"
+STRUCTURE_CODES = {"flat": FLAT_IP, "hnsw": HNSW_FLAT, "ivfpq": IVFPQ, "fastscan": IVFPQ_FASTSCAN}
+# Fast scan stores codes in blocks of this many vectors (FAISS's default, which maps keep).
+FASTSCAN_BLOCK_VECTORS = 32
+# FAISS's InvertedLists::INVALID_CODE_SIZE: block lists have no code size per vector.
+_NO_CODE_SIZE = 2**64 - 1
 _METRIC_INNER_PRODUCT = 0
 
 
@@ -97,17 +105,22 @@ def _hnsw(cursor: _Cursor, dim: int, count: int) -> None:
     _flat(cursor, dim, count)
 
 
-def _ivfpq(cursor: _Cursor, dim: int, count: int) -> None:
-    _header(cursor, IVFPQ, dim, count)
+def _ivf_lists(cursor: _Cursor, count: int) -> int:
     nlist, _ = cursor.unpack("QQ")  # nlist, nprobe
     if not 1 <= nlist <= max(count, 1) * 1024 + 65536:
         raise _Corrupt(f"nlist {nlist}")
-    _flat(cursor, dim, nlist)  # the coarse quantiser: one centroid per list
+    return nlist
+
+
+def _no_direct_map(cursor: _Cursor) -> None:
     (direct_map_type,) = cursor.unpack("b")
     if direct_map_type != 0:
         raise _Corrupt(f"direct map type {direct_map_type}; maps of vl2spike use none")
     cursor.vector(8)
-    _, code_size = cursor.unpack("?Q")  # by_residual, code_size
+
+
+def _product_quantiser(cursor: _Cursor, dim: int, code_size: int) -> tuple[int, int]:
+    """(sub-quantisers, bits) of a product quantiser whose codes take `code_size` bytes."""
     pq_dim, sub_quantisers, bits = cursor.unpack("QQQ")
     if pq_dim != dim or not 1 <= sub_quantisers <= dim or not 1 <= bits <= 16:
         raise _Corrupt(f"product quantiser d={pq_dim} M={sub_quantisers} nbits={bits}")
@@ -116,7 +129,58 @@ def _ivfpq(cursor: _Cursor, dim: int, count: int) -> None:
     centroids, _ = cursor.vector(4)
     if centroids != dim * 2**bits:
         raise _Corrupt(f"{centroids} PQ centroid floats, expected {dim * 2**bits}")
+    return sub_quantisers, bits
+
+
+def _ivfpq(cursor: _Cursor, dim: int, count: int) -> None:
+    _header(cursor, IVFPQ, dim, count)
+    nlist = _ivf_lists(cursor, count)
+    _flat(cursor, dim, nlist)  # the coarse quantiser: one centroid per list
+    _no_direct_map(cursor)
+    _, code_size = cursor.unpack("?Q")  # by_residual, code_size
+    _product_quantiser(cursor, dim, code_size)
     _inverted_lists(cursor, nlist, code_size, count)
+
+
+def _ivfpq_fastscan(cursor: _Cursor, dim: int, count: int) -> None:
+    _header(cursor, IVFPQ_FASTSCAN, dim, count)
+    nlist = _ivf_lists(cursor, count)
+    _hnsw(cursor, dim, nlist)  # the coarse quantiser: a graph over one centroid per list
+    _no_direct_map(cursor)
+    _, code_size, block_vectors, packed_sub_quantisers, _, _ = cursor.unpack("?QiQiQ")  # by_residual,
+    # code_size, bbs, M2 (sub-quantisers rounded up to even), implem, qbs2
+    sub_quantisers, bits = _product_quantiser(cursor, dim, code_size)
+    if bits != 4 or block_vectors != FASTSCAN_BLOCK_VECTORS or packed_sub_quantisers != sub_quantisers + sub_quantisers % 2:
+        raise _Corrupt(f"fast scan of {bits}-bit codes in blocks of {block_vectors} with M2={packed_sub_quantisers}")
+    _block_lists(cursor, nlist, block_vectors * packed_sub_quantisers // 2, count)
+
+
+def _block_lists(cursor: _Cursor, nlist: int, block_bytes: int, count: int) -> None:
+    """Fast scan's inverted lists: per list its ids, then its codes in whole blocks."""
+    if cursor.take(4) != b"ilbl":
+        raise _Corrupt("inverted lists that are not in FAISS's block format")
+    lists, code_size, block_vectors, found_block_bytes = cursor.unpack("QQQQ")
+    if (lists, code_size, block_vectors, found_block_bytes) != (nlist, _NO_CODE_SIZE, FASTSCAN_BLOCK_VECTORS, block_bytes):
+        raise _Corrupt(f"{lists} block lists of {block_vectors} vectors in {found_block_bytes} bytes, "
+                       f"expected {nlist} of {FASTSCAN_BLOCK_VECTORS} in {block_bytes}")
+    ids = []
+    for _ in range(nlist):
+        size, list_ids = cursor.vector(8)
+        code_bytes, _ = cursor.vector(1)
+        if code_bytes != -(-size // FASTSCAN_BLOCK_VECTORS) * block_bytes:
+            raise _Corrupt(f"a list of {size} vectors with {code_bytes} bytes of codes")
+        ids.append(list_ids)
+    total = sum(len(chunk) // 8 for chunk in ids)
+    if total != count:
+        raise _Corrupt(f"inverted lists hold {total} vectors but map.json says {count}")
+    _check_ids(ids, count)
+
+
+def _check_ids(chunks: list[bytes], count: int) -> None:
+    """The lists' ids must name every place once: search results index the map's places with them."""
+    ids = np.frombuffer(b"".join(chunks), dtype="<i8")
+    if ids.size and (ids.min() < 0 or ids.max() >= count or np.unique(ids).size != count):
+        raise _Corrupt(f"inverted lists name place ids outside 0..{count - 1} or one place twice")
 
 
 def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> None:
@@ -141,12 +205,14 @@ def _inverted_lists(cursor: _Cursor, nlist: int, code_size: int, count: int) -> 
         raise _Corrupt(f"inverted list layout {layout!r}")
     if sum(sizes) != count:
         raise _Corrupt(f"inverted lists hold {sum(sizes)} vectors but map.json says {count}")
+    ids = []
     for size in sizes:
         cursor.take(size * code_size)  # codes
-        cursor.take(size * 8)  # ids
+        ids.append(cursor.take(size * 8))
+    _check_ids(ids, count)
 
 
-_WALKERS = {"flat": _flat, "hnsw": _hnsw, "ivfpq": _ivfpq}
+_WALKERS = {"flat": _flat, "hnsw": _hnsw, "ivfpq": _ivfpq, "fastscan": _ivfpq_fastscan}
 
 
 def _flat_bytes(dim: int, count: int) -> int:
@@ -161,6 +227,17 @@ def _hnsw_levels(neighbors: int) -> int:
     return level
 
 
+def _hnsw_bytes(dim: int, count: int, neighbors: int) -> int:
+    """The most bytes an HNSW structure of `count` vectors can take: every place on the top level."""
+    vector = _VECTOR_LENGTH_BYTES
+    neighbors = max(2, neighbors)
+    levels = _hnsw_levels(neighbors)
+    per_place = 2 * neighbors + neighbors * (levels - 1)  # level 0 keeps 2M neighbours, the others M
+    graph = (vector + 8 * levels + vector + 4 * (levels + 1) + vector + 4 * count
+             + vector + 8 * (count + 1) + vector + 4 * count * per_place + struct.calcsize("<iiiii"))
+    return _HEADER_BYTES + graph + _flat_bytes(dim, count)
+
+
 def index_size_limit(structure: str, dim: int, count: int, options: dict) -> int:
     """The most bytes a serialised `structure` index of `count` x `dim` vectors with these options
     can take: a file beyond it is refused before it is read. Exact for flat; for HNSW it assumes every
@@ -169,14 +246,15 @@ def index_size_limit(structure: str, dim: int, count: int, options: dict) -> int
     if structure == "flat":
         return _flat_bytes(dim, count)
     if structure == "hnsw":
-        neighbors = max(2, int(options.get("M") or 2))
-        levels = _hnsw_levels(neighbors)
-        per_place = 2 * neighbors + neighbors * (levels - 1)  # level 0 keeps 2M neighbours, the others M
-        graph = (vector + 8 * levels + vector + 4 * (levels + 1) + vector + 4 * count
-                 + vector + 8 * (count + 1) + vector + 4 * count * per_place + struct.calcsize("<iiiii"))
-        return _HEADER_BYTES + graph + _flat_bytes(dim, count)
+        return _hnsw_bytes(dim, count, int(options.get("M") or 2))
     nlist = int(options.get("nlist") or max(count, 1))
     sub_quantisers = int(options.get("m") or dim)
+    if structure == "fastscan":
+        block_bytes = FASTSCAN_BLOCK_VECTORS * (sub_quantisers + sub_quantisers % 2) // 2
+        quantisers = (_HEADER_BYTES + 16 + _hnsw_bytes(dim, nlist, FASTSCAN_QUANTISER_M) + 1 + vector
+                      + struct.calcsize("<?QiQiQ") + 24 + vector + 4 * dim * 2**4)
+        blocks = count // FASTSCAN_BLOCK_VECTORS + nlist  # each list at most one block short of full
+        return quantisers + 4 + 32 + nlist * 2 * vector + 8 * count + blocks * block_bytes
     bits = int(options.get("nbits") or 8)
     code_size = (sub_quantisers * bits + 7) // 8
     quantisers = (_HEADER_BYTES + 16 + _flat_bytes(dim, nlist) + 1 + vector + 9 + 24

@@ -1,7 +1,7 @@
 """PlaceMap: places searchable by inner product of L2-normalised descriptors, saved as one directory.
 
 On disk (see `store` for how it is written and read safely):
-  index.faiss      the FAISS index (flat, HNSW or IVF-PQ, inner product)
+  index.faiss      the FAISS index (flat, HNSW, IVF-PQ or IVF-PQ fast scan, inner product)
   descriptors.npy  float32 [count, dim], the exact descriptors (full similarity matrices, re-indexing)
   places.json      one object per place, in id order
   map.json         format version, model fingerprint, dim, metric, count, index kind, options,
@@ -24,8 +24,8 @@ import numpy as np
 
 from vl2spike_ros.errors import InputError
 from vl2spike_ros.core.place_map.index_factory import (
-    IVFPQ_RETRAIN_GROWTH, SEARCH_OPTIONS, apply_search_options, checked_index_options, index_structure,
-    ivfpq_minimum_training_count, new_index, options_from_data, trained_ivfpq_index)
+    IVFPQ_RETRAIN_GROWTH, SEARCH_OPTIONS, TRAINED_KINDS, apply_search_options, checked_index_options,
+    index_structure, minimum_training_count, new_index, options_from_data, trained_index)
 from vl2spike_ros.core.place_map.index_file import check_index_bytes, index_size_limit
 from vl2spike_ros.core.place_map.place import Place, is_int, short_repr
 from vl2spike_ros.core.place_map.store import (check_replaceable, parse_json, read_map_directory,
@@ -52,12 +52,18 @@ class PlaceMap:
       ivfpq  inverted lists with product quantisation (IndexIVFPQ); options nlist, m (sub-quantisers,
              must divide dim), nbits (bits per code, default 8), nprobe, rerank (the shortlist that
              search re-ranks with the exact descriptors, default 32, so scores are exact). Until the map holds
-             `ivfpq_minimum_training_count(nbits, nlist)` descriptors (256 with nbits=8) its places
+             `minimum_training_count` descriptors (256 with nbits=8) its places
              sit in an exact flat index (so a map started empty takes one keyframe at a time);
              the add that reaches that count trains IVF-PQ on all of them, and so does each add
              that brings the map to IVFPQ_RETRAIN_GROWTH (2) times the count of the last training.
              Left unset, nlist is about sqrt(count) (and at most count/39), m the largest divisor
-             of dim up to min(64, dim/8), nprobe min(nlist, 16), chosen again at each training.
+             of dim up to min(64, dim/8), nprobe a tenth of nlist (at least 16, at most nlist), chosen
+             again at each training.
+      fastscan  IVF-PQ for a million places and more (IndexIVFPQFastScan, 4-bit codes scanned with
+             SIMD tables, an HNSW graph over the list centroids); options nlist, m, nprobe, rerank as
+             ivfpq, trained the same way (from max(16, nlist) descriptors). Left unset, nlist is about
+             4 sqrt(count) (at most count/39), m dim/2 (one byte per two dimensions), nprobe a tenth
+             of nlist (at least 16); k-means runs 10 rounds on at most 32 descriptors per list.
     """
 
     def __init__(self, dim: int, fingerprint: str, index_kind: str = "flat", **index_options: int) -> None:
@@ -96,12 +102,12 @@ class PlaceMap:
 
     @property
     def index_structure(self) -> str:
-        """The FAISS structure the places are in now: the kind, or flat for an ivfpq map not yet trained."""
+        """The FAISS structure the places are in now: the kind, or flat for an IVF map not yet trained."""
         return index_structure(self._index)
 
     @property
     def trained_count(self) -> int:
-        """How many descriptors IVF-PQ was last trained on; 0 for other kinds and an untrained ivfpq map."""
+        """How many descriptors the IVF index was last trained on; 0 for other kinds and an untrained IVF map."""
         return self._trained_count
 
     @property
@@ -153,10 +159,10 @@ class PlaceMap:
                 )
         if len(vectors) == 0:
             return []
-        if self._trains_ivfpq(len(vectors)):
+        if self._trains_index(len(vectors)):
             # Train on every descriptor so far (the map keeps exact copies) and move them all over.
             everything = np.concatenate([self._descriptors[: self._count], vectors])
-            index, self._index_options = trained_ivfpq_index(everything, self._requested_options)
+            index, self._index_options = trained_index(self._index_kind, everything, self._requested_options)
             index.add(everything)
             self._index, self._trained_count = index, len(everything)
         else:
@@ -175,7 +181,7 @@ class PlaceMap:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if k > self._count:
             raise InputError(f"k={k} but the map holds {self._count} places")
-        if self.index_structure == "ivfpq":
+        if self.index_structure in TRAINED_KINDS:
             scores, ids = self._reranked_search(vectors, int(k))
         else:
             scores, ids = self._index.search(vectors, int(k))
@@ -185,8 +191,8 @@ class PlaceMap:
         return scores, ids
 
     def _reranked_search(self, vectors: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """IVF-PQ's best `rerank` places (at least k), re-ranked by their exact descriptors: top-k order and
-        scores are exact among the places IVF-PQ found (product quantisation only approximates them)."""
+        """The IVF index's best `rerank` places (at least k), re-ranked by their exact descriptors: top-k
+        order and scores are exact among the places it found (product quantisation only approximates them)."""
         shortlist = min(max(k, self._index_options["rerank"]), self._count)
         scores = np.empty((len(vectors), k), dtype=np.float32)
         ids = np.empty((len(vectors), k), dtype=np.int64)
@@ -218,7 +224,7 @@ class PlaceMap:
             raise InputError(f"search-time options need values, got {options}")
         checked = checked_index_options(self._dim, self._index_kind, {**self._index_options, **options})
         self._requested_options.update(options)
-        if self.index_structure == "ivfpq":
+        if self.index_structure in TRAINED_KINDS:
             checked["nprobe"] = min(checked["nprobe"], self._index.nlist)
         self._index_options = checked
         apply_search_options(self._index, checked)
@@ -324,13 +330,13 @@ class PlaceMap:
         self._places.extend(places)
         self._count = needed
 
-    def _trains_ivfpq(self, adding: int) -> bool:
-        """True when this add brings an ivfpq map still flat to the count that trains IVF-PQ, or a
+    def _trains_index(self, adding: int) -> bool:
+        """True when this add brings an IVF map still flat to the count that trains its index, or a
         trained one to IVFPQ_RETRAIN_GROWTH times the count of its last training."""
-        if self._index_kind != "ivfpq":
+        if self._index_kind not in TRAINED_KINDS:
             return False
-        if self.index_structure != "ivfpq":
-            needed = ivfpq_minimum_training_count(self._requested_options["nbits"], self._requested_options["nlist"])
+        if self.index_structure == "flat":
+            needed = minimum_training_count(self._index_kind, self._requested_options)
         else:
             needed = IVFPQ_RETRAIN_GROWTH * self._trained_count
         return self._count + adding >= needed
@@ -401,9 +407,9 @@ def _training_from_metadata(target: Path, metadata: dict[str, Any], structure: s
     """(descriptors IVF-PQ was trained on, options it chose from them) from map.json."""
     training = metadata.get("index_training")
     if training is None:  # saved before maps recorded their training: on every place, options as saved
-        return (count if structure == "ivfpq" else 0), []
+        return (count if structure in TRAINED_KINDS else 0), []
     choosable = options_from_data(metadata["index_kind"])
-    low, high = (1, count) if structure == "ivfpq" else (0, 0)
+    low, high = (1, count) if structure in TRAINED_KINDS else (0, 0)
     trained = training.get("count") if isinstance(training, dict) else None
     from_data = training.get("options_from_data") if isinstance(training, dict) else None
     if not (is_int(trained) and low <= trained <= high and isinstance(from_data, list)
