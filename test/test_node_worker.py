@@ -34,10 +34,10 @@ def configured_node(tmp_path):
 def test_services_parameters_and_diagnostics_do_not_wait_for_a_frame_being_encoded(configured_node):
     node = configured_node
     encoder = node._localizer.encoder
-    encode_one = encoder.encode_one
+    encode_frames = encoder.encode_frames
     finished_during_encoding: list[bool] = []
 
-    def encode_while_others_call(image, encoding=None):
+    def encode_while_others_call(frames):
         calls = [lambda: node.set_parameters([Parameter("top_k", value=3)]),
                  lambda: node._on_save_map(Trigger.Request(), Trigger.Response()),
                  node._publish_diagnostics]
@@ -47,9 +47,9 @@ def test_services_parameters_and_diagnostics_do_not_wait_for_a_frame_being_encod
         for thread in threads:
             thread.join(WAIT_S)
         finished_during_encoding.extend(not thread.is_alive() for thread in threads)
-        return encode_one(image, encoding)
+        return encode_frames(frames)
 
-    encoder.encode_one = encode_while_others_call  # the real encoder, called once the others are done
+    encoder.encode_frames = encode_while_others_call  # the real encoder, called once the others are done
     node._process(rgb_to_image(photo("astronaut", (64, 32))), frames_skipped=0)
     assert finished_during_encoding == [True, True, True]
     assert node._localizer.top_k == 3 and node._localizer.map_size == 1
