@@ -169,18 +169,25 @@ def cmd_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_output(path: str, overwrite: bool, example: str) -> Path:
+    """A checkpoint file to write, refused before any work (not after minutes of adapting)."""
+    out = Path(path)
+    _refuse_existing(out, overwrite, "checkpoint")
+    if out.is_dir():
+        raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as {out / example}")
+    if not out.parent.is_dir():
+        raise InputError(f"checkpoint output {out}: its folder {out.parent} does not exist")
+    require_writable_folder(out, "checkpoint output")
+    return out
+
+
 def cmd_init_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
     from vl2spike_ros.core.checkpoint import save_checkpoint
     from vl2spike_ros.model import SpikformerStudent, StudentConfig
 
-    out = Path(args.out)
-    _refuse_existing(out, args.overwrite, "checkpoint")
-    if out.is_dir():
-        raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as "
-                         f"{out / 'student.safetensors'}")
-    require_writable_folder(out, "checkpoint output")
+    out = _checkpoint_output(args.out, args.overwrite, "student.safetensors")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -221,14 +228,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from vl2spike_ros.core.checkpoint import load_checkpoint
     from vl2spike_ros.evaluation.runner import open_checked_sequence
 
-    out = Path(args.out)
-    _refuse_existing(out, args.overwrite, "checkpoint")
-    if out.is_dir():
-        raise InputError(f"checkpoint output {out}: is a folder; expected a file path such as "
-                         f"{out / 'adapted.safetensors'}")
-    if not out.parent.is_dir():  # refused now, not after minutes of adapting
-        raise InputError(f"checkpoint output {out}: its folder {out.parent} does not exist")
-    require_writable_folder(out, "checkpoint output")
+    out = _checkpoint_output(args.out, args.overwrite, "adapted.safetensors")
     torch.set_num_threads(args.threads)
     base, info = load_checkpoint(args.checkpoint)
     sequence = open_checked_sequence(args.images, args.topic)
